@@ -1,0 +1,96 @@
+// Command tideline streams database changes into Kafka.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tideline-cdc/tideline/pkg/config"
+	"github.com/tideline-cdc/tideline/pkg/daemon"
+	"github.com/tideline-cdc/tideline/pkg/observe"
+)
+
+func main() {
+	if err := rootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "tideline:", err)
+		os.Exit(1)
+	}
+}
+
+func rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "tideline",
+		Short:         "Stream PostgreSQL changes into Kafka, loss-free and checkpointed",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(runCmd(), validateCmd(), versionCmd())
+	return root
+}
+
+func runCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the pipeline until SIGINT/SIGTERM",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			log, err := observe.NewLogger(cfg.Log.Level, cfg.Log.Format)
+			if err != nil {
+				return err
+			}
+			defer log.Sync() //nolint:errcheck // stderr
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return daemon.Run(ctx, cfg, log, daemon.Options{})
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "tideline.yaml", "config file")
+	return cmd
+}
+
+func validateCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "validate",
+		Short: "Check a config file and print every problem with its key path",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := config.Load(path)
+			var ps config.Problems
+			if errors.As(err, &ps) {
+				for _, p := range ps {
+					fmt.Fprintln(cmd.OutOrStdout(), p.String())
+				}
+				return fmt.Errorf("%s: %d problem(s)", path, len(ps))
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", path)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "tideline.yaml", "config file")
+	return cmd
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintln(cmd.OutOrStdout(), "tideline", daemon.Version)
+		},
+	}
+}

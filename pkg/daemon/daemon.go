@@ -1,0 +1,168 @@
+// Package daemon builds a running Tideline from a config: the embedded
+// broker when asked for, the Kafka client, the source (through an explicit
+// registry), the capture pipeline and the HTTP endpoints.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tideline-cdc/tideline/pkg/capture"
+	"github.com/tideline-cdc/tideline/pkg/checkpoint"
+	"github.com/tideline-cdc/tideline/pkg/config"
+	"github.com/tideline-cdc/tideline/pkg/kafka"
+	"github.com/tideline-cdc/tideline/pkg/observe"
+	"github.com/tideline-cdc/tideline/sources/postgres"
+)
+
+// Version is Tideline's version, stamped into every event's source.version.
+// Release builds set it with -ldflags "-X …/pkg/daemon.Version=…".
+var Version = "0.1.0-dev"
+
+// Deps are what a source constructor may use.
+type Deps struct {
+	Config  *config.Config
+	Store   checkpoint.Store
+	Metrics *observe.Metrics
+	Log     *zap.Logger
+}
+
+// SourceFactory builds a source from config.
+type SourceFactory func(Deps) (capture.Source, error)
+
+// Sources is the registry of source types, by source.type.
+var Sources = map[string]SourceFactory{
+	"postgres": newPostgres,
+}
+
+func newPostgres(d Deps) (capture.Source, error) {
+	c := d.Config
+	name := c.Name
+	return postgres.New(postgres.Config{
+		Name:           c.Kafka.TopicPrefix,
+		DSN:            string(c.Source.DSN),
+		Tables:         c.Source.Tables,
+		Snapshot:       c.Source.Snapshot,
+		Slot:           c.Source.Slot,
+		Publication:    c.Source.Publication,
+		TopicPrefix:    c.Kafka.TopicPrefix,
+		Tombstones:     c.Kafka.TombstonesOn(),
+		StatusInterval: c.Source.StatusInterval,
+		BatchRecords:   c.Capture.BatchRecords,
+		BatchBytes:     int(c.Capture.BatchBytes),
+		FetchSize:      c.Source.SnapshotFetchSize,
+		Version:        Version,
+	}, d.Store, d.Log.Named("postgres"), postgres.Gauges{
+		LagBytes:     d.Metrics.SourceLagBytes.WithLabelValues(name),
+		ConfirmedLSN: d.Metrics.ConfirmedLSN.WithLabelValues(name),
+		Connected:    d.Metrics.SourceConnected.WithLabelValues(name),
+		SnapshotRows: func(table string) prometheus.Counter { return d.Metrics.SnapshotRows.WithLabelValues(name, table) },
+	}), nil
+}
+
+// Options are optional hooks, for tests, benchmarks and the demo.
+type Options struct {
+	// OnAck is called for every delivered batch with a source commit time.
+	OnAck func(commitMicros int64, ackAt time.Time)
+	// Started is called once the HTTP server and broker are up, with the
+	// HTTP address ("" when off) and the Kafka brokers in use.
+	Started func(httpAddr string, brokers []string)
+	// Metrics, when set, is used instead of a new registry.
+	Metrics *observe.Metrics
+}
+
+// Run runs the pipeline described by cfg until ctx is done (then it drains,
+// confirms and returns nil) or a fatal error.
+func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) error {
+	m := o.Metrics
+	if m == nil {
+		m = observe.NewMetrics()
+	}
+	brokers := cfg.Kafka.Brokers
+	var topicExtra map[string]string
+	if cfg.Kafka.IsEmbedded() {
+		emb, err := kafka.StartEmbedded(cfg.Kafka.Embedded, log)
+		if err != nil {
+			return err
+		}
+		defer emb.Close()
+		brokers = emb.Addrs()
+		topicExtra = kafka.TopicConfigs(cfg.Kafka.Embedded)
+	}
+	budget := int64(cfg.Capture.MaxInFlightBytes)
+	cl, err := kafka.NewClient(cfg.Kafka, brokers, 2*budget+int64(cfg.Capture.BatchBytes), log)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	topics := kafka.NewTopics(cl, cfg.Kafka.Topics, topicExtra)
+	store := kafka.NewStore(cl, topics, cfg.Kafka.TopicPrefix+".offsets")
+
+	factory, ok := Sources[cfg.Source.Type]
+	if !ok {
+		return fmt.Errorf("source.type %q is not known", cfg.Source.Type)
+	}
+	src, err := factory(Deps{Config: cfg, Store: store, Metrics: m, Log: log})
+	if err != nil {
+		return err
+	}
+	var popts []capture.Option
+	if o.OnAck != nil {
+		popts = append(popts, capture.WithAckHook(o.OnAck))
+	}
+	p := capture.New(cfg.Name, src, cl, topics, budget, m, log.Named("capture"), popts...)
+
+	ready := func() error { return p.Ready(2 * time.Minute) }
+
+	g, gctx := errgroup.WithContext(ctx)
+	httpAddr := ""
+	if cfg.HTTP.Listen != "off" {
+		srv, err := observe.Listen(cfg.HTTP.Listen, m, ready)
+		if err != nil {
+			return err
+		}
+		httpAddr = srv.Addr()
+		g.Go(func() error { return srv.Serve(gctx) })
+	}
+	log.Info("tideline starting", zap.String("name", cfg.Name), zap.String("version", Version),
+		zap.String("source", cfg.Source.Type), zap.Stringer("dsn", cfg.Source.DSN),
+		zap.Strings("brokers", brokers), zap.String("http", httpAddr))
+	if o.Started != nil {
+		o.Started(httpAddr, brokers)
+	}
+	g.Go(func() error {
+		err := p.Run(gctx)
+		if err == nil && ctx.Err() == nil {
+			err = errors.New("pipeline stopped")
+		}
+		// Stop the HTTP server with the pipeline.
+		return errStop{err}
+	})
+	err = g.Wait()
+	var es errStop
+	if errors.As(err, &es) {
+		err = es.err
+	}
+	if err != nil {
+		return err
+	}
+	log.Info("tideline stopped")
+	return nil
+}
+
+// errStop carries the pipeline's result through errgroup, so that its end
+// (even a clean one) cancels the other members.
+type errStop struct{ err error }
+
+func (e errStop) Error() string {
+	if e.err == nil {
+		return "stopped"
+	}
+	return e.err.Error()
+}

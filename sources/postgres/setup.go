@@ -1,0 +1,313 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tideline-cdc/tideline/pkg/capture"
+	"github.com/tideline-cdc/tideline/pkg/config"
+)
+
+// tableRef is a captured table found in the catalog.
+type tableRef struct {
+	oid    uint32
+	schema string
+	name   string
+	// ident is relreplident: d(efault, the primary key), f(ull), i(ndex),
+	// n(othing).
+	ident byte
+	hasPK bool
+}
+
+func (t tableRef) qualified() string {
+	return pgx.Identifier{t.schema, t.name}.Sanitize()
+}
+
+func (t tableRef) String() string { return t.schema + "." + t.name }
+
+// connect opens a regular connection with the session settings the type
+// converters expect.
+func connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, capture.Fatal(fmt.Errorf("source.dsn: %w", err))
+	}
+	for k, v := range sessionParams {
+		cfg.RuntimeParams[k] = v
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to PostgreSQL at %s: %w", config.Redact(dsn), unwrapConnect(err))
+	}
+	return conn, nil
+}
+
+// connectReplication opens a logical replication connection.
+func connectReplication(ctx context.Context, dsn string) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return nil, capture.Fatal(fmt.Errorf("source.dsn: %w", err))
+	}
+	for k, v := range sessionParams {
+		cfg.RuntimeParams[k] = v
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open replication connection to %s: %w", config.Redact(dsn), unwrapConnect(err))
+	}
+	return conn, nil
+}
+
+// unwrapConnect keeps pgconn's message but drops the DSN it may repeat.
+func unwrapConnect(err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe
+	}
+	return err
+}
+
+// checkServer verifies the server-wide preconditions: logical WAL and a role
+// allowed to replicate.
+func checkServer(ctx context.Context, conn *pgx.Conn) error {
+	var walLevel string
+	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&walLevel); err != nil {
+		return fmt.Errorf("read wal_level: %w", err)
+	}
+	if walLevel != "logical" {
+		return capture.Fatal(fmt.Errorf("wal_level is %q, logical replication needs wal_level = logical: set it in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL", walLevel))
+	}
+	var role string
+	var canReplicate bool
+	if err := conn.QueryRow(ctx,
+		"SELECT current_user, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+	).Scan(&role, &canReplicate); err != nil {
+		return fmt.Errorf("read role attributes: %w", err)
+	}
+	if !canReplicate {
+		return capture.Fatal(fmt.Errorf("role %q may not replicate: run ALTER ROLE %s WITH REPLICATION (as a superuser)", role, pgx.Identifier{role}.Sanitize()))
+	}
+	return nil
+}
+
+// resolveTables expands the schema.table patterns ('*' wildcards) into the
+// tables they match, and checks each one: readable, and with a primary key
+// or a replica identity that lets updates and deletes be published.
+func resolveTables(ctx context.Context, conn *pgx.Conn, patterns []string) ([]tableRef, error) {
+	seen := map[uint32]bool{}
+	var out []tableRef
+	var problems []string
+	for _, p := range patterns {
+		schema, table, _ := strings.Cut(p, ".")
+		rows, err := conn.Query(ctx, `
+			SELECT c.oid, n.nspname, c.relname, c.relreplident,
+			       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+			       has_table_privilege(c.oid, 'SELECT')
+			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+			  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+			  AND n.nspname LIKE $1 AND c.relname LIKE $2
+			ORDER BY n.nspname, c.relname`, likePattern(schema), likePattern(table))
+		if err != nil {
+			return nil, fmt.Errorf("look up tables %q: %w", p, err)
+		}
+		matched := 0
+		for rows.Next() {
+			var t tableRef
+			var canSelect bool
+			var ident rune
+			if err := rows.Scan(&t.oid, &t.schema, &t.name, &ident, &t.hasPK, &canSelect); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("look up tables %q: %w", p, err)
+			}
+			t.ident = byte(ident)
+			matched++
+			if seen[t.oid] {
+				continue
+			}
+			seen[t.oid] = true
+			switch {
+			case !canSelect:
+				problems = append(problems, fmt.Sprintf("table %s: no SELECT privilege: GRANT SELECT ON %s TO <tideline role>", t, t.qualified()))
+			case t.ident == 'n':
+				problems = append(problems, fmt.Sprintf("table %s has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be captured: ALTER TABLE %s REPLICA IDENTITY DEFAULT (with a primary key) or FULL", t, t.qualified()))
+			case t.ident == 'd' && !t.hasPK:
+				problems = append(problems, fmt.Sprintf("table %s has no primary key, so PostgreSQL would reject its updates and deletes once published: add a primary key, or ALTER TABLE %s REPLICA IDENTITY FULL", t, t.qualified()))
+			}
+			out = append(out, t)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("look up tables %q: %w", p, err)
+		}
+		if matched == 0 {
+			problems = append(problems, fmt.Sprintf("source.tables: %q matches no table (schema.table; is the name right, and does it exist in this database?)", p))
+		}
+	}
+	if len(problems) > 0 {
+		return nil, capture.Fatal(errors.New(strings.Join(problems, "; ")))
+	}
+	return out, nil
+}
+
+// likePattern turns a '*' pattern into a LIKE pattern, escaping LIKE's own
+// wildcards.
+func likePattern(p string) string {
+	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`, `*`, `%`)
+	return r.Replace(p)
+}
+
+// ensurePublication creates the publication for tables, or adds the tables
+// it lacks. It publishes inserts, updates, deletes and truncates.
+func ensurePublication(ctx context.Context, conn *pgx.Conn, name string, tables []tableRef) error {
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", name).Scan(&exists); err != nil {
+		return fmt.Errorf("look up publication %s: %w", name, err)
+	}
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = t.qualified()
+	}
+	if !exists {
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", pgx.Identifier{name}.Sanitize(), strings.Join(names, ", "))
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return capture.Fatal(fmt.Errorf("create publication %s: %w (the role must own the tables; or create it yourself: %s)", name, err, sql))
+		}
+		return nil
+	}
+	rows, err := conn.Query(ctx, "SELECT format('%I.%I', schemaname, tablename) FROM pg_publication_tables WHERE pubname = $1", name)
+	if err != nil {
+		return fmt.Errorf("read publication %s: %w", name, err)
+	}
+	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("read publication %s: %w", name, err)
+	}
+	inPub := map[string]bool{}
+	for _, h := range have {
+		inPub[h] = true
+	}
+	var missing []string
+	for _, t := range tables {
+		var q string
+		if err := conn.QueryRow(ctx, "SELECT format('%I.%I', $1::text, $2::text)", t.schema, t.name).Scan(&q); err != nil {
+			return fmt.Errorf("quote %s: %w", t, err)
+		}
+		if !inPub[q] {
+			missing = append(missing, t.qualified())
+		}
+	}
+	if len(missing) > 0 {
+		sql := fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s", pgx.Identifier{name}.Sanitize(), strings.Join(missing, ", "))
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return capture.Fatal(fmt.Errorf("add tables to publication %s: %w (run as the tables' owner: %s)", name, err, sql))
+		}
+	}
+	return nil
+}
+
+// slotState is what pg_replication_slots says of the slot.
+type slotState struct {
+	exists   bool
+	plugin   string
+	active   bool
+	database string
+}
+
+func readSlot(ctx context.Context, conn *pgx.Conn, name string) (slotState, error) {
+	var s slotState
+	err := conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), active, coalesce(database, '')
+		FROM pg_replication_slots WHERE slot_name = $1`, name).Scan(&s.plugin, &s.active, &s.database)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return s, nil
+	}
+	if err != nil {
+		return s, fmt.Errorf("look up replication slot %s: %w", name, err)
+	}
+	s.exists = true
+	return s, nil
+}
+
+// keyColumns returns the names of the columns that identify a row of the
+// table: its primary key, else its replica identity index, else none.
+func keyColumns(ctx context.Context, conn *pgx.Conn, oid uint32) (map[string]bool, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT a.attname FROM pg_index i
+		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+		WHERE i.indrelid = $1 AND i.indisprimary
+		UNION ALL
+		SELECT a.attname FROM pg_index i
+		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+		WHERE i.indrelid = $1 AND i.indisreplident
+		  AND NOT EXISTS (SELECT 1 FROM pg_index p WHERE p.indrelid = $1 AND p.indisprimary)`, oid)
+	if err != nil {
+		return nil, fmt.Errorf("read key of table %d: %w", oid, err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("read key of table %d: %w", oid, err)
+	}
+	out := make(map[string]bool, len(names))
+	for _, n := range names {
+		out[n] = true
+	}
+	return out, nil
+}
+
+// typeInfo is what the source needs of a column type.
+type typeInfo struct {
+	name string
+	conv conv
+}
+
+// types resolves type OIDs to names and converters, asking the catalog for
+// types it has not seen (enums, domains, arrays of them). Not safe for
+// concurrent use.
+type types struct {
+	conn  *pgx.Conn
+	cache map[uint32]typeInfo
+}
+
+func newTypes(conn *pgx.Conn) *types { return &types{conn: conn, cache: map[uint32]typeInfo{}} }
+
+func (ts *types) lookup(ctx context.Context, oid uint32) (typeInfo, error) {
+	if ti, ok := ts.cache[oid]; ok {
+		return ti, nil
+	}
+	var (
+		name     string
+		elem     uint32
+		category string
+		base     uint32
+	)
+	err := ts.conn.QueryRow(ctx, `SELECT t.typname, t.typelem, t.typcategory, t.typbasetype FROM pg_type t WHERE t.oid = $1`, oid).
+		Scan(&name, &elem, &category, &base)
+	if err != nil {
+		return typeInfo{}, fmt.Errorf("look up type %d: %w", oid, err)
+	}
+	var ti typeInfo
+	switch {
+	case category == "A" && elem != 0:
+		et, err := ts.lookup(ctx, elem)
+		if err != nil {
+			return typeInfo{}, err
+		}
+		ti = typeInfo{name: name, conv: arrayConv(et.conv)}
+	case base != 0: // a domain converts like its base type
+		bt, err := ts.lookup(ctx, base)
+		if err != nil {
+			return typeInfo{}, err
+		}
+		ti = typeInfo{name: name, conv: bt.conv}
+	default:
+		ti = typeInfo{name: name, conv: scalarConv(oid)}
+	}
+	ts.cache[oid] = ti
+	return ti, nil
+}
