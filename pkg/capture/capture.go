@@ -47,6 +47,9 @@ type Handler interface {
 // misconfigured table): the pipeline stops instead of retrying.
 var ErrFatal = errors.New("fatal")
 
+// IsFatal reports whether err is marked fatal.
+func IsFatal(err error) bool { return errors.Is(err, ErrFatal) }
+
 // Fatal wraps err so that errors.Is(err, ErrFatal) holds.
 func Fatal(err error) error {
 	if err == nil {

@@ -360,22 +360,16 @@ func validTopicPart(s string) bool {
 // password in it.
 type Secret string
 
-// String returns the value with the password of a URL replaced by "****".
+// String returns the value with the password of a URL replaced by "xxxxx".
 func (s Secret) String() string { return Redact(string(s)) }
 
 // Redact hides the password in a URL-shaped string.
 func Redact(s string) string {
 	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
-		if err != nil {
-			return "****"
-		}
-		return s
+	if err != nil {
+		return "(unparseable URL)"
 	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "****")
-	}
-	return u.String()
+	return u.Redacted()
 }
 
 // ByteSize is a size in bytes that reads "64MiB", "1GB", "512k" or a number.

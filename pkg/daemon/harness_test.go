@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/tideline-cdc/tideline/internal/testenv"
@@ -179,52 +180,90 @@ func (e *env) consume(topics ...string) *consumer {
 	return &consumer{t: e.t, cl: cl}
 }
 
+// all returns the messages seen so far that match keep (nil keeps all).
+func (c *consumer) all(keep func(msg) bool) []msg {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []msg
+	for _, m := range c.ms {
+		if keep == nil || keep(m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// fetch does one fetch round of at most d.
+func (c *consumer) fetch(d time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	fs := c.cl.PollFetches(ctx)
+	cancel()
+	fs.EachRecord(func(r *kgo.Record) {
+		m := msg{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Raw: r.Value}
+		if r.Key != nil {
+			if err := json.Unmarshal(r.Key, &m.Key); err != nil {
+				c.t.Errorf("key %q is not JSON: %v", r.Key, err)
+			}
+		}
+		if r.Value != nil {
+			m.Value = new(envelope)
+			dec := json.NewDecoder(strings.NewReader(string(r.Value)))
+			dec.UseNumber()
+			if err := dec.Decode(m.Value); err != nil {
+				c.t.Errorf("value %q is not an envelope: %v", r.Value, err)
+			}
+		}
+		c.mu.Lock()
+		c.ms = append(c.ms, m)
+		c.mu.Unlock()
+	})
+}
+
 // poll reads until n messages matching keep have been seen or the timeout
 // passes; it returns all messages matching keep.
 func (c *consumer) poll(n int, timeout time.Duration, keep func(msg) bool) []msg {
 	c.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		c.mu.Lock()
-		var out []msg
-		for _, m := range c.ms {
-			if keep == nil || keep(m) {
-				out = append(out, m)
-			}
-		}
-		c.mu.Unlock()
+		out := c.all(keep)
 		if len(out) >= n {
 			return out
 		}
 		if time.Now().After(deadline) {
 			for _, m := range out {
-				c.t.Logf("have: %s %v %s", m.Topic, m.Key, m.Raw)
+				c.t.Logf("have: %s %v %.300s", m.Topic, m.Key, m.Raw)
 			}
 			c.t.Fatalf("got %d messages, want %d (timeout %s)", len(out), n, timeout)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		fs := c.cl.PollFetches(ctx)
-		cancel()
-		fs.EachRecord(func(r *kgo.Record) {
-			m := msg{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Raw: r.Value}
-			if r.Key != nil {
-				if err := json.Unmarshal(r.Key, &m.Key); err != nil {
-					c.t.Errorf("key %q is not JSON: %v", r.Key, err)
-				}
-			}
-			if r.Value != nil {
-				m.Value = new(envelope)
-				dec := json.NewDecoder(strings.NewReader(string(r.Value)))
-				dec.UseNumber()
-				if err := dec.Decode(m.Value); err != nil {
-					c.t.Errorf("value %q is not an envelope: %v", r.Value, err)
-				}
-			}
-			c.mu.Lock()
-			c.ms = append(c.ms, m)
-			c.mu.Unlock()
-		})
+		c.fetch(500 * time.Millisecond)
 	}
+}
+
+// logBuffer is a zap logger writing JSON lines to a buffer, for tests that
+// check what is (not) logged.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) Sync() error { return nil }
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func observerLogger() (*zap.Logger, *logBuffer) {
+	b := &logBuffer{}
+	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+	return zap.New(zapcore.NewCore(enc, b, zap.DebugLevel)), b
 }
 
 func isEvent(m msg) bool { return m.Value != nil }
@@ -258,5 +297,9 @@ func sortedKeys(m map[string]any) []string {
 }
 
 func TestMain(m *testing.M) {
-	os.Exit(m.Run())
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
 }

@@ -125,7 +125,7 @@ func sameJSON(a, b any) bool {
 func TestTypesRoundTrip(t *testing.T) {
 	e := newEnv(t)
 	e.exec(typesDDL)
-	e.exec(fmt.Sprintf(typesRow, 1))        // read by the snapshot
+	e.exec(fmt.Sprintf(typesRow, 1))                   // read by the snapshot
 	e.exec("INSERT INTO public.types (id) VALUES (2)") // all NULL
 	r := e.start(e.config([]string{"public.types"}, nil), daemon.Options{})
 	c := e.consume("test.public.types")

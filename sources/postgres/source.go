@@ -64,8 +64,10 @@ type Source struct {
 	// Commit from producer goroutines and read by the Run loop, which
 	// confirms it to the server.
 	committed atomic.Uint64
-	// streaming is true while a replication session is open.
+	// streaming is true while a replication session is open; streamed
+	// once one has been.
 	streaming atomic.Bool
+	streamed  atomic.Bool
 }
 
 // Streaming reports whether the source is streaming changes (the snapshot,
@@ -111,6 +113,12 @@ func (s *Source) snapshotKey() string { return "postgres/" + s.cfg.Name + "/snap
 func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 	conn, err := connect(ctx, s.cfg.DSN)
 	if err != nil {
+		if !s.streamed.Load() {
+			// Unreachable at start: most likely a wrong DSN, so say so
+			// and stop, instead of retrying in silence. A connection lost
+			// later is retried by the pipeline.
+			return capture.Fatal(err)
+		}
 		return err
 	}
 	defer conn.Close(context.Background())
@@ -200,6 +208,7 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 		s.gauges.Connected.Set(1)
 	}
 	s.streaming.Store(true)
+	s.streamed.Store(true)
 	defer s.streaming.Store(false)
 	s.log.Info("streaming changes", zap.String("slot", s.cfg.Slot), zap.String("publication", s.cfg.Publication), zap.Int("tables", len(tables)))
 	st := newStream(s, conn, rconn, tt, h)

@@ -1,0 +1,113 @@
+// Command tideline-bench is what `make bench` runs: it measures Tideline
+// against pg_recvlogical side by side, in one run on this machine, and prints
+// the figures, their ratios and the targets beside them.
+//
+// It is a measurement program, not a test: it never fails on a threshold.
+// It starts a throwaway PostgreSQL (internal/testenv) and an in-process kfake
+// broker, which Tideline publishes to and which shares the CPU with it.
+//
+//	workload A  big transactions: -big rows in transactions of -tx-size rows
+//	workload B  single-row transactions: -single transactions
+//	latency     commit -> Kafka-ack latency at -rate tx/s for -duration
+//	extra       pg_recvlogical text vs binary=true on workload A
+//
+// Both readers of a workload read the same WAL: their slots are created at
+// the same point, before the load is generated, and each is timed from its
+// start to the end of that WAL (pg_recvlogical: --endpos; Tideline: every
+// event acknowledged by Kafka).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+// options are the command-line flags.
+type options struct {
+	big        int
+	txSize     int
+	single     int
+	genConns   int
+	rate       int
+	duration   time.Duration
+	warmup     time.Duration
+	latWorkers int
+	skipLat    bool
+	cpuProfile string
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.big, "big", 1_000_000, "workload A: rows inserted in big transactions (0 skips it)")
+	flag.IntVar(&o.txSize, "tx-size", 10_000, "workload A: rows per transaction")
+	flag.IntVar(&o.single, "single", 1_000_000, "workload B: single-row transactions (0 skips it)")
+	flag.IntVar(&o.genConns, "gen-conns", 2, "workload B: connections generating the transactions")
+	flag.IntVar(&o.rate, "rate", 1000, "latency: transactions per second")
+	flag.DurationVar(&o.duration, "duration", 20*time.Second, "latency: how long the generator runs")
+	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "latency: samples of the first part of the run that are dropped")
+	flag.IntVar(&o.latWorkers, "lat-workers", 4, "latency: generator connections")
+	flag.BoolVar(&o.skipLat, "skip-latency", false, "skip the latency measurement")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each Tideline throughput run: FILE for workload A, FILE.single for workload B")
+	flag.Parse()
+	if o.txSize < 1 || o.genConns < 1 || o.rate < 1 || o.latWorkers < 1 || o.duration <= o.warmup {
+		fmt.Fprintln(os.Stderr, "tideline-bench: -tx-size, -gen-conns, -rate and -lat-workers must be positive, and -duration longer than -warmup")
+		os.Exit(2)
+	}
+
+	// Ctrl-C cancels ctx; run's deferred stops then shut PostgreSQL and the
+	// broker down before the process exits.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, o)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tideline-bench:", err)
+		os.Exit(1)
+	}
+}
+
+// run starts the servers, runs the workloads and prints the report.
+func run(ctx context.Context, o options) (err error) {
+	started := time.Now()
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "[%7.1fs] %s\n", time.Since(started).Seconds(), fmt.Sprintf(format, args...))
+	}
+	heap := startHeapSampler()
+	defer heap.stop()
+
+	b, err := newBench(ctx, o, logf)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := b.close(); err == nil {
+			err = cerr
+		}
+	}()
+	facts := b.machineFacts(ctx)
+
+	var rep report
+	rep.facts = facts
+	if o.big > 0 {
+		rep.big, rep.bigBinary = b.workloadBig(ctx)
+	}
+	if ctx.Err() == nil && o.single > 0 {
+		rep.single = b.workloadSingle(ctx)
+	}
+	if ctx.Err() == nil && !o.skipLat {
+		rep.latency = b.workloadLatency(ctx)
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted: %w", ctx.Err())
+	}
+	rep.heapPeak, rep.heapEnd = heap.peakAndNow()
+	rep.vmHWM, rep.vmRSS = procStatus("VmHWM"), procStatus("VmRSS")
+	rep.took = time.Since(started)
+	rep.print(os.Stdout, o)
+	logf("done")
+	return nil
+}
