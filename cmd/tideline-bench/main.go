@@ -39,6 +39,7 @@ type options struct {
 	latWorkers int
 	skipLat    bool
 	cpuProfile string
+	latencyCSV string
 }
 
 func main() {
@@ -53,6 +54,7 @@ func main() {
 	flag.IntVar(&o.latWorkers, "lat-workers", 4, "latency: generator connections")
 	flag.BoolVar(&o.skipLat, "skip-latency", false, "skip the latency measurement")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each Tideline throughput run: FILE for workload A, FILE.single for workload B")
+	flag.StringVar(&o.latencyCSV, "latency-csv", "", "write every latency sample (commit time, latency) to this CSV file")
 	flag.Parse()
 	if o.txSize < 1 || o.genConns < 1 || o.rate < 1 || o.latWorkers < 1 || o.duration <= o.warmup {
 		fmt.Fprintln(os.Stderr, "tideline-bench: -tx-size, -gen-conns, -rate and -lat-workers must be positive, and -duration longer than -warmup")
@@ -88,6 +90,9 @@ func run(ctx context.Context, o options) (err error) {
 			err = cerr
 		}
 	}()
+	if err := b.setupSchema(ctx); err != nil {
+		return err
+	}
 	facts := b.machineFacts(ctx)
 
 	var rep report

@@ -290,7 +290,7 @@ wait:
 	if conf := b.slotConfirmed(ctx, slot); conf < end {
 		m.note = fmt.Sprintf("slot confirmed %s < end %s", conf, end)
 	}
-	b.logf("%s: pg_recvlogical read to %s in %s %s", label, end, took.Round(time.Millisecond), m.note)
+	b.logf("%s: pg_recvlogical read to %s in %s%s", label, end, took.Round(time.Millisecond), prefixed(m.note))
 	return m
 }
 
@@ -443,4 +443,11 @@ func sumMetric(c prometheus.Collector) float64 {
 		}
 	}
 	return sum
+}
+
+func prefixed(note string) string {
+	if note == "" {
+		return ""
+	}
+	return " (" + note + ")"
 }

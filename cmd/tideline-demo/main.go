@@ -95,6 +95,9 @@ func run(f flags) error {
 		return fmt.Errorf("%w\n(scripts/ensure-packages.sh demo installs it; make demo runs that first)", err)
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting: initdb was cut short, and that is all
+		}
 		return fmt.Errorf("start PostgreSQL: %w", err)
 	}
 	defer func() {
@@ -105,6 +108,9 @@ func run(f flags) error {
 	dsn := pg.DSN("postgres")
 
 	if err := createSchema(ctx, dsn); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	log.Info("created the shop schema with seed rows", zap.Strings("tables", tables))
