@@ -1,0 +1,81 @@
+package codec
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/tideline-cdc/tideline/pkg/change"
+)
+
+func TestAppendStringIsValidJSON(t *testing.T) {
+	for _, s := range []string{"plain", `q"uo\te`, "tab\tnl\ncr\r", "\x00\x1f ctl", "héllo ✓", "bad \xff utf8", "<&>"} {
+		out := AppendString(nil, []byte(s))
+		var back string
+		if err := json.Unmarshal(out, &back); err != nil {
+			t.Errorf("%q -> %s: not JSON: %v", s, out, err)
+			continue
+		}
+		want := s
+		if s == "bad \xff utf8" {
+			want = "bad \ufffd utf8"
+		}
+		if back != want {
+			t.Errorf("%q round-trips to %q", s, back)
+		}
+	}
+}
+
+func TestEnvelope(t *testing.T) {
+	tab := &change.Table{Database: "db", Schema: "public", Name: "t\"x", Topic: "p.public.t", HasKey: true,
+		Columns: []change.Column{{Name: "id", Key: true}, {Name: "name"}, {Name: "blob"}}}
+	ev := &change.Event{Op: change.OpUpdate, Table: tab,
+		Before:  []change.Value{{Kind: change.Present, JSON: []byte("1")}, {}, {Kind: change.Present, JSON: []byte(`"b"`)}},
+		After:   []change.Value{{Kind: change.Present, JSON: []byte("1")}, {Kind: change.Present, JSON: []byte(`"n"`)}, {Kind: change.Unavailable}},
+		Source:  change.Source{Connector: "postgresql", Name: "p", TsMs: 5, TxID: 7, LSN: 99},
+		TxOrder: 2, TxTableOrder: 1, TxLSN: 120}
+	e := NewEncoder("v1")
+	if k := string(e.Key(ev)); k != `{"id":1}` {
+		t.Errorf("key %s", k)
+	}
+	var env struct {
+		Before, After map[string]any
+		Source        map[string]any
+		Op            string
+		TsMs          int64 `json:"ts_ms"`
+		Transaction   map[string]any
+	}
+	raw := e.Value(ev, 6)
+	if err := json.Unmarshal(raw, &env); err != nil {
+		t.Fatalf("%s: %v", raw, err)
+	}
+	if env.Op != "u" || env.TsMs != 6 || env.Before["name"] != nil || env.After["blob"] != change.UnavailableMarker {
+		t.Errorf("envelope %s", raw)
+	}
+	if env.Source["table"] != `t"x` || env.Source["lsn"] != float64(99) || env.Source["txId"] != float64(7) || env.Source["snapshot"] != "false" {
+		t.Errorf("source block %v", env.Source)
+	}
+	if env.Transaction["id"] != "7:120" || env.Transaction["total_order"] != float64(2) {
+		t.Errorf("transaction %v", env.Transaction)
+	}
+	// A table without key columns has a null key.
+	tab2 := &change.Table{Name: "nk", Columns: []change.Column{{Name: "a"}}}
+	if k := e.Key(&change.Event{Op: change.OpCreate, Table: tab2, After: []change.Value{{}}}); k != nil {
+		t.Errorf("keyless table key %s", k)
+	}
+}
+
+func BenchmarkValue(b *testing.B) {
+	tab := &change.Table{Database: "db", Schema: "public", Name: "t", HasKey: true,
+		Columns: []change.Column{{Name: "id", Key: true}, {Name: "name"}, {Name: "qty"}, {Name: "price"}, {Name: "at"}}}
+	ev := &change.Event{Op: change.OpCreate, Table: tab, After: []change.Value{
+		{Kind: change.Present, JSON: []byte("12345")}, {Kind: change.Present, JSON: []byte(`"widget"`)},
+		{Kind: change.Present, JSON: []byte("3")}, {Kind: change.Present, JSON: []byte(`"19.99"`)},
+		{Kind: change.Present, JSON: []byte(`"2026-11-22T10:00:00.000000Z"`)}},
+		Source: change.Source{Connector: "postgresql", Name: "p", TsMs: 5, TxID: 7, LSN: 99}, TxOrder: 1, TxTableOrder: 1}
+	e := NewEncoder("v1")
+	b.ReportAllocs()
+	for b.Loop() {
+		e.Key(ev)
+		e.Value(ev, 1)
+	}
+}

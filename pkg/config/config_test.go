@@ -1,0 +1,127 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseMinimalAppliesDefaults(t *testing.T) {
+	t.Setenv("TL_PW", "pa:ss")
+	c, err := Parse([]byte(`
+name: shop
+source:
+  type: postgres
+  dsn: postgres://u:${TL_PW}@db:5432/app
+  tables: [public.customers, "sales.*"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(c.Source.DSN) != "postgres://u:pa:ss@db:5432/app" {
+		t.Errorf("env expansion: dsn = %q", c.Source.DSN)
+	}
+	if strings.Contains(c.Source.DSN.String(), "pa:ss") {
+		t.Errorf("Secret.String shows the password: %s", c.Source.DSN)
+	}
+	checks := map[string][2]any{
+		"slot":         {c.Source.Slot, "tideline_shop"},
+		"publication":  {c.Source.Publication, "tideline_shop"},
+		"snapshot":     {c.Source.Snapshot, "initial"},
+		"topic_prefix": {c.Kafka.TopicPrefix, "shop"},
+		"brokers":      {strings.Join(c.Kafka.Brokers, ","), Embedded},
+		"listen":       {c.Kafka.Embedded.Listen, "127.0.0.1:9092"},
+		"http":         {c.HTTP.Listen, "127.0.0.1:8080"},
+		"budget":       {c.Capture.MaxInFlightBytes, ByteSize(64 << 20)},
+		"status":       {c.Source.StatusInterval, 10 * time.Second},
+		"tombstones":   {c.Kafka.TombstonesOn(), true},
+	}
+	for k, v := range checks {
+		if v[0] != v[1] {
+			t.Errorf("%s = %v, want %v", k, v[0], v[1])
+		}
+	}
+}
+
+func TestParseReportsEveryProblemWithItsPath(t *testing.T) {
+	_, err := Parse([]byte(`
+name: "bad name!"
+source:
+  type: mysql
+  dsn: ${TL_SURELY_UNSET}
+  tables: [nodot]
+  snapshot: sometimes
+  status_interval: soon
+  colour: blue
+kafka:
+  brokers: [localhost]
+  embeded: {listen: x}
+  topics: {partitions: many}
+capture:
+  max_inflight_bytes: 12 parsecs
+`))
+	var ps Problems
+	if !errors.As(err, &ps) {
+		t.Fatalf("got %v, want Problems", err)
+	}
+	want := map[string]string{
+		"name":                       "letters, digits",
+		"source.type":                `"mysql" is not a known source type`,
+		"source.dsn":                 "TL_SURELY_UNSET is not set",
+		"source.tables[0]":           `"nodot" is not schema.table`,
+		"source.snapshot":            "use initial or never",
+		"source.status_interval":     "not a duration",
+		"source.colour":              "unknown key",
+		"kafka.brokers[0]":           "not host:port",
+		"kafka.embeded":              `did you mean "embedded"`,
+		"kafka.topics.partitions":    "not a valid",
+		"capture.max_inflight_bytes": "not a size",
+	}
+	got := map[string]string{}
+	for _, p := range ps {
+		got[p.Path] += p.Msg + ";"
+	}
+	for path, frag := range want {
+		if !strings.Contains(got[path], frag) {
+			t.Errorf("%s: got %q, want a problem mentioning %q", path, got[path], frag)
+		}
+	}
+	if len(ps) < len(want) {
+		t.Errorf("%d problems, want at least %d:\n%v", len(ps), len(want), err)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	if err == nil || !strings.Contains(err.Error(), "nope.yaml") {
+		t.Fatalf("error %v does not name the file", err)
+	}
+}
+
+func TestExampleConfigIsValid(t *testing.T) {
+	path := filepath.Join("..", "..", "configs", "postgres.example.yaml")
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("the example config is missing: %v", err)
+	}
+	t.Setenv("PGPASSWORD", "secret")
+	if _, err := Load(path); err != nil {
+		t.Fatalf("configs/postgres.example.yaml: %v", err)
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	for in, want := range map[string]ByteSize{"64MiB": 64 << 20, "1GB": 1e9, "512k": 512 << 10, "100": 100, "2 MiB": 2 << 20} {
+		got, err := ParseByteSize(in)
+		if err != nil || got != want {
+			t.Errorf("ParseByteSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "-1", "3 furlongs"} {
+		if _, err := ParseByteSize(in); err == nil {
+			t.Errorf("ParseByteSize(%q) succeeded", in)
+		}
+	}
+}

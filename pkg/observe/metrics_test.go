@@ -1,0 +1,46 @@
+package observe
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	dto "github.com/prometheus/client_model/go"
+)
+
+func TestMetricsLint(t *testing.T) {
+	m := NewMetrics()
+	// Touch every vector so it is gathered.
+	m.Events.WithLabelValues("p", "public.t", "c").Inc()
+	m.SourceLagBytes.WithLabelValues("p").Set(1)
+	m.ConfirmedLSN.WithLabelValues("p").Set(1)
+	m.CheckpointTime.WithLabelValues("p").Set(1)
+	m.InFlightBytes.WithLabelValues("p").Set(1)
+	m.PublishLatency.WithLabelValues("p").Observe(1)
+	m.CommitToAck.WithLabelValues("p").Observe(1)
+	m.Errors.WithLabelValues("p", "source").Inc()
+	m.SourceConnected.WithLabelValues("p").Set(1)
+	m.SnapshotRows.WithLabelValues("p", "public.t").Inc()
+	problems, err := promlint.NewWithMetricFamilies(mustGather(t, m)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+}
+
+func mustGather(t *testing.T, m *Metrics) []*dto.MetricFamily {
+	t.Helper()
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*dto.MetricFamily
+	for _, f := range fams {
+		if strings.HasPrefix(f.GetName(), "tideline_") {
+			out = append(out, f)
+		}
+	}
+	return out
+}
