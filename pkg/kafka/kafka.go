@@ -166,7 +166,12 @@ func Produce(ctx context.Context, cl *kgo.Client, b *change.Batch, ack func(erro
 		return
 	}
 	recs := make([]kgo.Record, len(b.Records))
-	promise := func(_ *kgo.Record, err error) { ack(err) }
+	promise := func(r *kgo.Record, err error) {
+		if err != nil {
+			err = fmt.Errorf("produce to %s partition %d: %w", r.Topic, r.Partition, err)
+		}
+		ack(err)
+	}
 	for i := range b.Records {
 		r := &b.Records[i]
 		recs[i] = kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value}
