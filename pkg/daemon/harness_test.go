@@ -172,7 +172,9 @@ type consumer struct {
 func (e *env) consume(topics ...string) *consumer {
 	e.t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.ConsumeTopics(topics...),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.AllowAutoTopicCreation())
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		// Topics appear when their first event is published: look again soon.
+		kgo.MetadataMinAge(100*time.Millisecond), kgo.MetadataMaxAge(time.Second))
 	if err != nil {
 		e.t.Fatal(err)
 	}
