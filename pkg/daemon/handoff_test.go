@@ -196,10 +196,15 @@ func TestSnapshotHandoffUnderConcurrentWrites(t *testing.T) {
 	c := e.consume("test.public.kv")
 	ms := consumeUntil(t, c, committed, 60*time.Second)
 	snapshotRows := 0
+	marks := map[string]int{}
 	for _, m := range ms {
 		if m.Value.Op == "r" {
 			snapshotRows++
+			marks[m.Value.Source.Snapshot]++
 		}
+	}
+	if marks["first"] != 1 || marks["last"] != 1 || marks["first"]+marks["last"]+marks["true"] != snapshotRows {
+		t.Errorf("snapshot markers %v: want one first, one last, the rest true", marks)
 	}
 	if snapshotRows < seeded {
 		t.Errorf("snapshot rows: %d, want at least %d", snapshotRows, seeded)

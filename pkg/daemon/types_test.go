@@ -159,9 +159,10 @@ func TestTypesRoundTrip(t *testing.T) {
 		}
 	}
 	// Envelope metadata.
-	snap, stream := byID["1"].Value, byID["3"].Value
-	if snap.Source.Snapshot != "true" || stream.Source.Snapshot != "false" {
-		t.Errorf("source.snapshot: snapshot row %q, stream row %q", snap.Source.Snapshot, stream.Source.Snapshot)
+	snap, lastSnap, stream := byID["1"].Value, byID["2"].Value, byID["3"].Value
+	if snap.Source.Snapshot != "first" || lastSnap.Source.Snapshot != "last" || stream.Source.Snapshot != "false" {
+		t.Errorf("source.snapshot: snapshot rows %q, %q, stream row %q; want first, last, false",
+			snap.Source.Snapshot, lastSnap.Source.Snapshot, stream.Source.Snapshot)
 	}
 	if stream.Source.Connector != "postgresql" || stream.Source.DB != "postgres" || stream.Source.Schema != "public" ||
 		stream.Source.Table != "types" || stream.Source.TxID == nil || stream.Source.LSN == nil || stream.Transaction == nil {

@@ -2,6 +2,7 @@ package observe
 
 import (
 	"fmt"
+	"os"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -17,7 +18,10 @@ func NewLogger(level, format string) (*zap.Logger, error) {
 	var cfg zap.Config
 	if format == "console" {
 		cfg = zap.NewDevelopmentConfig()
-		cfg.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		cfg.EncoderConfig.EncodeLevel = zapcore.CapitalLevelEncoder
+		if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			cfg.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder // a terminal
+		}
 		cfg.DisableStacktrace = true
 	} else {
 		cfg = zap.NewProductionConfig()

@@ -8,6 +8,7 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -280,6 +281,10 @@ type stream struct {
 	before  []change.Value
 	after   []change.Value
 	scratch []byte
+
+	// snapshot state
+	snapFirst bool // the next snapshot row is the first
+	snapDone  bool
 }
 
 func newStream(s *Source, conn *pgx.Conn, rconn *pgconn.PgConn, tt *types, h capture.Handler) *stream {
@@ -386,13 +391,8 @@ func (st *stream) flush(ctx context.Context) error {
 	if len(b.Records) == 0 && b.Checkpoint == "" {
 		return nil
 	}
-	for st.rconn == nil {
-		// Snapshot: no replication session to keep alive yet.
-		if err := st.h.Handle(ctx, b); err != nil {
-			return err
-		}
-		st.batch = newBatch(st.s.cfg.BatchRecords)
-		return nil
+	if st.rconn == nil {
+		return st.flushSnapshot(ctx)
 	}
 	for {
 		hctx, cancel := context.WithDeadline(ctx, st.nextStatus)
@@ -415,6 +415,43 @@ func (st *stream) flush(ctx context.Context) error {
 	}
 	st.batch = newBatch(st.s.cfg.BatchRecords)
 	return nil
+}
+
+// flushSnapshot hands over a snapshot batch. There is no replication
+// session to keep alive yet. It holds the newest row back, so that the
+// snapshot's very last row can still be marked "last" when the snapshot
+// ends (snapshotDone).
+func (st *stream) flushSnapshot(ctx context.Context) error {
+	b := st.batch
+	next := newBatch(st.s.cfg.BatchRecords)
+	if !st.snapDone && len(b.Records) > 0 {
+		held := b.Records[len(b.Records)-1]
+		b.Records = b.Records[:len(b.Records)-1]
+		b.Bytes -= held.Size()
+		next.Add(held)
+	}
+	if len(b.Records) > 0 {
+		if err := st.h.Handle(ctx, b); err != nil {
+			return err
+		}
+	}
+	st.batch = next
+	return nil
+}
+
+// snapshotDone marks the last snapshot row (source.snapshot "last", as
+// Debezium does) and hands over what is left.
+func (st *stream) snapshotDone(ctx context.Context) error {
+	if n := len(st.batch.Records); n > 0 {
+		v := st.batch.Records[n-1].Value
+		// The source block follows the row images, so the last match is
+		// the envelope's own field; "true" and "last" have one length.
+		if i := bytes.LastIndex(v, []byte(`"snapshot":"true"`)); i >= 0 {
+			copy(v[i+len(`"snapshot":"`):], "last")
+		}
+	}
+	st.snapDone = true
+	return st.flushSnapshot(ctx)
 }
 
 // maybeSendStatus confirms the committed position when a status is due.
@@ -737,6 +774,7 @@ func (s *Source) snapshot(ctx context.Context, h capture.Handler, tt *types, tab
 		return 0, fmt.Errorf("set snapshot %s: %w", snapshotName, err)
 	}
 	st := newStream(s, conn, nil, tt, h)
+	st.snapFirst = true
 	var total int64
 	started := time.Now()
 	for _, t := range tables {
@@ -747,7 +785,7 @@ func (s *Source) snapshot(ctx context.Context, h capture.Handler, tt *types, tab
 		total += n
 		s.log.Info("snapshot of table read", zap.String("table", t.String()), zap.Int64("rows", n))
 	}
-	if err := st.flush(ctx); err != nil {
+	if err := st.snapshotDone(ctx); err != nil {
 		return total, err
 	}
 	if err := h.Drain(ctx); err != nil {
@@ -804,8 +842,12 @@ func (st *stream) snapshotTable(ctx context.Context, conn *pgx.Conn, t tableRef,
 			after = append(after, change.Value{Kind: change.Present, JSON: st.scratch[start:len(st.scratch):len(st.scratch)]})
 		}
 		st.after = after
+		snap := "true"
+		if st.snapFirst {
+			snap, st.snapFirst = "first", false
+		}
 		st.ev = change.Event{Op: change.OpRead, Table: tab, After: after, Source: change.Source{
-			Connector: "postgresql", Name: st.s.cfg.Name, TsMs: now.UnixMilli(), Snapshot: "true", LSN: uint64(lsn),
+			Connector: "postgresql", Name: st.s.cfg.Name, TsMs: now.UnixMilli(), Snapshot: snap, LSN: uint64(lsn),
 		}}
 		st.emit(ctx)
 		n++
