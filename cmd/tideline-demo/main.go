@@ -43,6 +43,16 @@ type flags struct {
 	rate  int    // workload transactions per second
 }
 
+// started is what a running demo tells its user.
+type started struct {
+	dsn      string   // the PostgreSQL server's DSN
+	pgPort   int      // its port on 127.0.0.1
+	pgDir    string   // its directory, removed on exit
+	tmp      string   // the demo's temp dir (the broker's data), removed on exit
+	httpAddr string   // the bound metrics and health address, "" when off
+	brokers  []string // the embedded broker's address
+}
+
 func main() {
 	var f flags
 	flag.StringVar(&f.kafka, "kafka", "127.0.0.1:9092", "listen address of the embedded Kafka broker")
@@ -53,22 +63,14 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := run(f); err != nil {
+	if err := realMain(f); err != nil {
 		fmt.Fprintln(os.Stderr, "tideline-demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(f flags) error {
-	// Check the fixed ports before starting anything, so a taken port is reported by name and
-	// not as a failure deep inside the broker start.
-	if err := portFree(f.kafka, "the embedded Kafka broker", "-kafka"); err != nil {
-		return err
-	}
-	if err := portFree(f.http, "the metrics and health endpoints", "-http"); err != nil {
-		return err
-	}
-
+// realMain is main with an error to return, so that deferred cleanups run before os.Exit.
+func realMain(f flags) error {
 	log, err := observe.NewLogger("info", "console")
 	if err != nil {
 		return err
@@ -82,6 +84,21 @@ func run(f flags) error {
 		stop()
 		fmt.Fprintln(os.Stderr, "\nStopping: draining in-flight changes, confirming the slot, stopping PostgreSQL (Ctrl-C again to quit at once)...")
 	})
+	return run(ctx, f, log, func(s started) { printBanner(os.Stdout, f, s) })
+}
+
+// run runs the demo until ctx is done, then stops everything it started and removes its temp
+// dirs. It calls onStart once the daemon serves. Stopping early, even during start-up, is not an
+// error.
+func run(ctx context.Context, f flags, log *zap.Logger, onStart func(started)) error {
+	// Check the fixed ports before starting anything, so a taken port is reported by name and
+	// not as a failure deep inside the broker start.
+	if err := portFree(f.kafka, "the embedded Kafka broker", "-kafka"); err != nil {
+		return err
+	}
+	if err := portFree(f.http, "the metrics and health endpoints", "-http"); err != nil {
+		return err
+	}
 
 	tmp, err := os.MkdirTemp("", "tideline-demo-*")
 	if err != nil {
@@ -127,7 +144,7 @@ func run(f flags) error {
 	g.Go(func() error {
 		return daemon.Run(gctx, cfg, log, daemon.Options{
 			Started: func(httpAddr string, brokers []string) {
-				printBanner(os.Stdout, f, dsn, pg.Port(), httpAddr, brokers)
+				onStart(started{dsn: dsn, pgPort: pg.Port(), pgDir: pg.Dir(), tmp: tmp, httpAddr: httpAddr, brokers: brokers})
 			},
 		})
 	})
@@ -188,14 +205,14 @@ func portFree(addr, what, flagName string) error {
 }
 
 // printBanner tells the user what is running and how to look at it.
-func printBanner(w io.Writer, f flags, dsn string, pgPort int, httpAddr string, brokers []string) {
-	broker := strings.Join(brokers, ",")
+func printBanner(w io.Writer, f flags, s started) {
+	broker := strings.Join(s.brokers, ",")
 	var b strings.Builder
 	line := strings.Repeat("=", 78)
 	fmt.Fprintf(&b, "\n%s\n", line)
 	fmt.Fprintf(&b, "Tideline demo is running: PostgreSQL -> Tideline -> embedded Kafka broker\n\n")
-	fmt.Fprintf(&b, "  PostgreSQL   %s\n", dsn)
-	fmt.Fprintf(&b, "               psql 'postgres://postgres@127.0.0.1:%d/postgres'\n", pgPort)
+	fmt.Fprintf(&b, "  PostgreSQL   %s\n", s.dsn)
+	fmt.Fprintf(&b, "               psql 'postgres://postgres@127.0.0.1:%d/postgres'\n", s.pgPort)
 	if f.rate > 0 {
 		fmt.Fprintf(&b, "  Workload     ~%d transactions/s of inserts, updates and deletes on both tables\n", f.rate)
 	}
@@ -209,9 +226,9 @@ func printBanner(w io.Writer, f flags, dsn string, pgPort int, httpAddr string, 
 	fmt.Fprintf(&b, "               kcat -b %s -C -t %s.%s -f '%%k %%s\\n'\n", broker, name, tables[1])
 	fmt.Fprintf(&b, "               kcat -b %s -L    (list topics)\n", broker)
 	fmt.Fprintf(&b, "               (no kcat? apt-get install kcat)\n")
-	if httpAddr != "" {
-		fmt.Fprintf(&b, "  Metrics      http://%s/metrics   (try: curl -s http://%s/metrics | grep tideline_events_total)\n", httpAddr, httpAddr)
-		fmt.Fprintf(&b, "  Ready        http://%s/readyz\n", httpAddr)
+	if s.httpAddr != "" {
+		fmt.Fprintf(&b, "  Metrics      http://%s/metrics   (try: curl -s http://%s/metrics | grep tideline_events_total)\n", s.httpAddr, s.httpAddr)
+		fmt.Fprintf(&b, "  Ready        http://%s/readyz\n", s.httpAddr)
 	}
 	fmt.Fprintf(&b, "\nCtrl-C to stop.\n%s\n\n", line)
 	_, _ = io.WriteString(w, b.String())

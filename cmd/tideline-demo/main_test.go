@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/zap/zaptest"
+)
+
+// TestDemo runs the demo as make demo does, on free ports, and checks what its user is told to
+// look at: both topics fill with snapshot rows and with inserts, updates and deletes, the
+// metrics count them, /readyz answers ready, and stopping removes the server and the temp dirs.
+func TestDemo(t *testing.T) {
+	f := flags{kafka: "127.0.0.1:0", http: "127.0.0.1:0", rate: 50}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	startc := make(chan started, 1)
+	errc := make(chan error, 1)
+	go func() { errc <- run(ctx, f, zaptest.NewLogger(t), func(s started) { startc <- s }) }()
+
+	var s started
+	select {
+	case s = <-startc:
+	case err := <-errc:
+		t.Fatalf("demo stopped before it started: %v", err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("demo did not start within 2m")
+	}
+
+	var banner strings.Builder
+	printBanner(&banner, f, s)
+	for _, want := range []string{
+		"shop.public.customers", "shop.public.orders",
+		"kcat -b " + s.brokers[0] + " -C -t shop.public.customers -f '%k %s\\n'",
+		"apt-get install kcat",
+		"http://" + s.httpAddr + "/metrics", "http://" + s.httpAddr + "/readyz",
+		"Ctrl-C to stop",
+	} {
+		if !strings.Contains(banner.String(), want) {
+			t.Errorf("banner lacks %q:\n%s", want, banner.String())
+		}
+	}
+
+	// Every op on both tables: the snapshot's reads, then the workload's changes.
+	want := map[string]bool{}
+	for _, tb := range tables {
+		for _, op := range []string{"r", "c", "u", "d"} {
+			want[tb+" "+op] = true
+		}
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.brokers...),
+		kgo.ConsumeTopics("shop.public.customers", "shop.public.orders"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	pctx, pcancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer pcancel()
+	for len(want) > 0 {
+		fs := cl.PollFetches(pctx)
+		if pctx.Err() != nil {
+			t.Fatalf("no records for %v within 2m", want)
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			if r.Value == nil {
+				return // a tombstone
+			}
+			var env struct {
+				Op     string `json:"op"`
+				Source struct {
+					Schema string `json:"schema"`
+					Table  string `json:"table"`
+				} `json:"source"`
+			}
+			if err := json.Unmarshal(r.Value, &env); err != nil {
+				t.Fatalf("record on %s is not a JSON envelope: %v: %s", r.Topic, err, r.Value)
+			}
+			delete(want, env.Source.Schema+"."+env.Source.Table+" "+env.Op)
+		})
+	}
+
+	if body := get(t, "http://"+s.httpAddr+"/metrics"); !strings.Contains(body, `tideline_events_total{op="c",pipeline="shop",table="public.orders"}`) {
+		t.Errorf("/metrics does not count order inserts:\n%s", body)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for body := get(t, "http://"+s.httpAddr+"/readyz"); body != "ready\n"; body = get(t, "http://"+s.httpAddr+"/readyz") {
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz: %q after 1m", body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	cancel()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatalf("demo stop: %v", err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("demo did not stop within 2m of its cancellation")
+	}
+	for _, dir := range []string{s.pgDir, s.tmp} {
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s is left behind (stat: %v)", dir, err)
+		}
+	}
+}
+
+// TestPortTaken checks that a taken port fails the demo at once, naming the port.
+func TestPortTaken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	err = run(context.Background(), flags{kafka: ln.Addr().String(), http: "127.0.0.1:0"}, zaptest.NewLogger(t), func(started) {
+		t.Error("demo started on a taken port")
+	})
+	if err == nil || !strings.Contains(err.Error(), "port "+port+" is taken") || !strings.Contains(err.Error(), "-kafka") {
+		t.Fatalf("err = %v, want one naming port %s and the -kafka flag", err, port)
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return string(b)
+}
