@@ -183,6 +183,9 @@ func (p *Pipeline) count(b *change.Batch) {
 		if r.Table != p.lastTab {
 			c, ok := p.events[r.Table]
 			if !ok {
+				if len(p.events) >= 4096 {
+					clear(p.events) // every schema change makes a new *Table
+				}
 				c = new([len(opIndex)]prometheus.Counter)
 				tname := r.Table.Name
 				if r.Table.Schema != "" {
