@@ -32,10 +32,11 @@ type bench struct {
 	brokers []string
 	// recvlogical is the pg_recvlogical binary.
 	recvlogical string
+	mem         *mem
 }
 
 // newBench starts PostgreSQL and the broker. The caller must call close.
-func newBench(ctx context.Context, o options, logf func(string, ...any)) (*bench, error) {
+func newBench(ctx context.Context, o options, logf func(string, ...any), m *mem) (*bench, error) {
 	recv, err := findRecvlogical()
 	if err != nil {
 		return nil, err
@@ -58,7 +59,7 @@ func newBench(ctx context.Context, o options, logf func(string, ...any)) (*bench
 		_ = pg.Stop()
 		return nil, err
 	}
-	b := &bench{o: o, logf: logf, pg: pg, kafka: k, dsn: pg.DSN("postgres"), brokers: k.ListenAddrs(), recvlogical: recv}
+	b := &bench{o: o, logf: logf, pg: pg, kafka: k, dsn: pg.DSN("postgres"), brokers: k.ListenAddrs(), recvlogical: recv, mem: m}
 	logf("PostgreSQL at %s (log %s), kfake broker at %v", b.dsn, pg.LogPath(), b.brokers)
 	return b, nil
 }
@@ -166,7 +167,19 @@ func (b *bench) endOfLoad(ctx context.Context) (pglogrepl.LSN, error) {
 	if _, err := c.Exec(ctx, "SELECT pg_logical_emit_message(true, 'tideline-bench', 'end of load')"); err != nil {
 		return 0, fmt.Errorf("write end marker: %w", err)
 	}
+	if err := b.settle(ctx); err != nil {
+		return 0, err
+	}
 	return end, nil
+}
+
+// settle writes the load's dirty buffers out with a checkpoint, so that
+// no measured window pays for them.
+func (b *bench) settle(ctx context.Context) error {
+	if err := b.exec(ctx, "CHECKPOINT"); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	return nil
 }
 
 // walLSN returns the current WAL insert position.
@@ -232,6 +245,7 @@ type facts struct {
 	gomaxprocs int
 	pgVersion  string
 	recv       string
+	loadStart  string
 }
 
 func (b *bench) machineFacts(ctx context.Context) facts {
@@ -259,4 +273,18 @@ func cpuModel() string {
 		}
 	}
 	return "unknown"
+}
+
+// loadAvg returns the 1, 5 and 15 minute load averages: the figures are only
+// comparable when nothing else ran.
+func loadAvg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], "/")
 }

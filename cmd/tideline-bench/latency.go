@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -24,6 +25,9 @@ type latency struct {
 	committed int64
 	genTook   time.Duration
 	samples   []time.Duration // sorted
+	isolatedN int
+	isolated  []time.Duration // sorted
+	mem       memPeak
 	events    float64
 	err       error
 }
@@ -35,13 +39,15 @@ func (l latency) achieved() float64 {
 	return float64(l.committed) / l.genTook.Seconds()
 }
 
-// pct returns the nearest-rank percentile p (0 < p <= 1).
-func (l latency) pct(p float64) time.Duration {
-	if len(l.samples) == 0 {
+func (l latency) pct(p float64) time.Duration { return pct(l.samples, p) }
+
+// pct returns the nearest-rank percentile p (0 < p <= 1) of sorted samples.
+func pct(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
 		return 0
 	}
-	i := int(float64(len(l.samples))*p+0.999999) - 1
-	return l.samples[max(0, min(i, len(l.samples)-1))]
+	i := int(math.Ceil(float64(len(sorted))*p)) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
 }
 
 // workloadLatency streams bench_c with Tideline (default capture settings,
@@ -54,6 +60,10 @@ func (b *bench) workloadLatency(ctx context.Context) (res latency) {
 	const slot = "tideline_bench_c"
 	defer b.deleteTopics("bench_c")
 	defer b.dropSlots(slot)
+	if err := b.settle(ctx); err != nil {
+		res.err = err
+		return res
+	}
 	if err := b.createSlots(ctx, slot); err != nil {
 		res.err = err
 		return res
@@ -92,8 +102,10 @@ func (b *bench) workloadLatency(ctx context.Context) (res latency) {
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
+	b.mem.begin()
 	go func() { done <- daemon.Run(rctx, cfg, log, daemon.Options{Metrics: m, OnAck: onAck}) }()
 	stopDaemon := func() error {
+		res.mem = b.mem.end()
 		cancel()
 		select {
 		case err := <-done:
@@ -134,23 +146,13 @@ func (b *bench) workloadLatency(ctx context.Context) (res latency) {
 	}
 	b.logf("latency: %d transactions committed in %s (%.1f tx/s)", committed, res.genTook.Round(time.Millisecond), res.achieved())
 
-	// Wait for the stragglers' acks, then stop.
-	deadline = time.Now().Add(time.Minute)
-	for {
-		ev, infl := sumMetric(m.Events), sumMetric(m.InFlightBytes)
-		if ev >= float64(committed) && infl == 0 {
-			res.events = ev
-			break
-		}
-		if time.Now().After(deadline) {
-			res.err = fmt.Errorf("only %.0f of %d events acknowledged a minute after the load", ev, committed)
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
+	// Wait for the stragglers' acks.
+	waitStart := time.Now()
+	res.events, err = waitDrained(m, committed)
+	if err != nil {
+		res.err = err
 	}
-	if err := stopDaemon(); err != nil && res.err == nil {
-		res.err = fmt.Errorf("daemon.Run on shutdown: %w", err)
-	}
+	b.logf("latency: last ack %s after the load ended", time.Since(waitStart).Round(time.Millisecond))
 	mu.Lock()
 	res.samples = slices.Clone(samples)
 	if b.o.latencyCSV != "" {
@@ -160,11 +162,79 @@ func (b *bench) workloadLatency(ctx context.Context) (res latency) {
 			b.logf("latency: samples written to %s", b.o.latencyCSV)
 		}
 	}
+	paced := len(samples)
 	mu.Unlock()
+
+	// Isolated commits on a quiet database: each transaction is alone in
+	// the stream, so its latency is Tideline's hand-off and Kafka's ack,
+	// with no following traffic to push a held batch out.
+	if res.err == nil {
+		res.isolatedN = isolatedCommits
+		b.logf("latency: %d isolated transactions, %s apart", isolatedCommits, isolatedGap)
+		if err := b.isolatedInserts(ctx, int64(committed)+1); err != nil {
+			res.err = err
+		} else if _, err := waitDrained(m, committed+isolatedCommits); err != nil {
+			res.err = fmt.Errorf("isolated commits: %w", err)
+		}
+		mu.Lock()
+		res.isolated = slices.Clone(samples[paced:])
+		mu.Unlock()
+		slices.Sort(res.isolated)
+		if n := len(res.isolated); n > 0 {
+			b.logf("latency: isolated: %d acked batches, p50 %s max %s", n, pct(res.isolated, 0.5), res.isolated[n-1])
+		}
+	}
+	if err := stopDaemon(); err != nil && res.err == nil {
+		res.err = fmt.Errorf("daemon.Run on shutdown: %w", err)
+	}
 	slices.Sort(res.samples)
 	b.logf("latency: %d acked batches measured, p50 %s p99 %s max %s", len(res.samples),
 		res.pct(0.5), res.pct(0.99), res.pct(1))
 	return res
+}
+
+const (
+	isolatedCommits = 20
+	isolatedGap     = 250 * time.Millisecond
+)
+
+// waitDrained waits up to a minute until want events were handed over and
+// nothing is in flight, and returns the events counted.
+func waitDrained(m *observe.Metrics, want int64) (float64, error) {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ev, infl := sumMetric(m.Events), sumMetric(m.InFlightBytes)
+		if ev >= float64(want) && infl == 0 {
+			return ev, nil
+		}
+		if time.Now().After(deadline) {
+			return ev, fmt.Errorf("only %.0f of %d events acknowledged after a minute", ev, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// isolatedInserts commits isolatedCommits single-row transactions,
+// isolatedGap apart, ids from first on.
+func (b *bench) isolatedInserts(ctx context.Context, first int64) error {
+	c, err := b.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close(context.Background())
+	for i := range int64(isolatedCommits) {
+		id := first + i
+		if _, err := c.Exec(ctx, `INSERT INTO public.bench_c VALUES ($1::bigint, $2, $3, $4, md5($1::bigint::text), now())`,
+			id, fmt.Sprintf("name-%d", id), id%1000, float64(id%100000)/100); err != nil {
+			return fmt.Errorf("isolated commits: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(isolatedGap):
+		}
+	}
+	return nil
 }
 
 // pacedInserts commits single-row transactions at b.o.rate per second for

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 )
@@ -30,6 +31,7 @@ import (
 // options are the command-line flags.
 type options struct {
 	big        int
+	rounds     int
 	txSize     int
 	single     int
 	genConns   int
@@ -47,6 +49,7 @@ func main() {
 	flag.IntVar(&o.big, "big", 1_000_000, "workload A: rows inserted in big transactions (0 skips it)")
 	flag.IntVar(&o.txSize, "tx-size", 10_000, "workload A: rows per transaction")
 	flag.IntVar(&o.single, "single", 1_000_000, "workload B: single-row transactions (0 skips it)")
+	flag.IntVar(&o.rounds, "rounds", 1, "workloads A and B: time each reader this many times (alternating, each on its own slot made at the same point) and keep the fastest")
 	flag.IntVar(&o.genConns, "gen-conns", 2, "workload B: connections generating the transactions")
 	flag.IntVar(&o.rate, "rate", 1000, "latency: transactions per second")
 	flag.DurationVar(&o.duration, "duration", 20*time.Second, "latency: how long the generator runs")
@@ -56,8 +59,8 @@ func main() {
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each Tideline throughput run: FILE for workload A, FILE.single for workload B")
 	flag.StringVar(&o.latencyCSV, "latency-csv", "", "write every latency sample (commit time, latency) to this CSV file")
 	flag.Parse()
-	if o.txSize < 1 || o.genConns < 1 || o.rate < 1 || o.latWorkers < 1 || o.duration <= o.warmup {
-		fmt.Fprintln(os.Stderr, "tideline-bench: -tx-size, -gen-conns, -rate and -lat-workers must be positive, and -duration longer than -warmup")
+	if o.rounds < 1 || o.txSize < 1 || o.genConns < 1 || o.rate < 1 || o.latWorkers < 1 || o.duration <= o.warmup {
+		fmt.Fprintln(os.Stderr, "tideline-bench: -rounds, -tx-size, -gen-conns, -rate and -lat-workers must be positive, and -duration longer than -warmup")
 		os.Exit(2)
 	}
 
@@ -78,10 +81,12 @@ func run(ctx context.Context, o options) (err error) {
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "[%7.1fs] %s\n", time.Since(started).Seconds(), fmt.Sprintf(format, args...))
 	}
-	heap := startHeapSampler()
-	defer heap.stop()
+	load0 := loadAvg()
+	logf("load average %s on %d CPUs before the run (anything else running skews the figures)", load0, runtime.NumCPU())
+	mem := startMem()
+	defer mem.stop()
 
-	b, err := newBench(ctx, o, logf)
+	b, err := newBench(ctx, o, logf, mem)
 	if err != nil {
 		return err
 	}
@@ -94,6 +99,7 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 	facts := b.machineFacts(ctx)
+	facts.loadStart = load0
 
 	var rep report
 	rep.facts = facts
@@ -109,8 +115,7 @@ func run(ctx context.Context, o options) (err error) {
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
 	}
-	rep.heapPeak, rep.heapEnd = heap.peakAndNow()
-	rep.vmHWM, rep.vmRSS = procStatus("VmHWM"), procStatus("VmRSS")
+	rep.vmHWM, rep.vmRSS, rep.heapPeak, rep.heapEnd = mem.totals()
 	rep.took = time.Since(started)
 	rep.print(os.Stdout, o)
 	logf("done")

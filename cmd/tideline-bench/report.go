@@ -1,14 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"io"
-	"os"
-	"runtime/metrics"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -30,10 +26,15 @@ func (r *report) print(w io.Writer, o options) {
 	fmt.Fprintf(w, "\n## Tideline benchmark\n\n")
 	fmt.Fprintf(w, "Measured %s by `go run ./cmd/tideline-bench` (`make bench`) in one run, side by side.\n\n",
 		time.Now().UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(w, "- Machine: %d CPUs (%s), GOMAXPROCS %d, %s\n", f.cpus, f.cpuModel, f.gomaxprocs, f.goVersion)
+	fmt.Fprintf(w, "- Machine: %d CPUs (%s), GOMAXPROCS %d, %s; load average %s at start, %s at end\n",
+		f.cpus, f.cpuModel, f.gomaxprocs, f.goVersion, f.loadStart, loadAvg())
 	fmt.Fprintf(w, "- PostgreSQL: %s (fsync off, throwaway cluster); %s\n", f.pgVersion, f.recv)
 	fmt.Fprintf(w, "- Kafka: in-process kfake broker in the same process as Tideline (acks=all, lz4): it shares the %d CPUs and the Go heap with Tideline. pg_recvlogical writes to /dev/null.\n", f.cpus)
-	fmt.Fprintf(w, "- Each workload's readers use slots created at the same WAL position before the load; pg_recvlogical is timed to --endpos, Tideline until Kafka acknowledged every event.\n\n")
+	fmt.Fprintf(w, "- Each workload's readers use slots created at the same WAL position before the load; pg_recvlogical is timed to --endpos, Tideline until Kafka acknowledged every event")
+	if o.rounds > 1 {
+		fmt.Fprintf(w, "; the fastest of %d alternating rounds", o.rounds)
+	}
+	fmt.Fprintf(w, ".\n\n")
 
 	fmt.Fprintf(w, "| Workload | pg_recvlogical changes/s | Tideline changes/s | Ratio | Target | Met |\n")
 	fmt.Fprintf(w, "|---|---:|---:|---:|---|---|\n")
@@ -66,6 +67,10 @@ func (r *report) print(w io.Writer, o options) {
 				ms(l.pct(0.5)), ms(l.pct(0.99)), ms(l.pct(1)), target,
 				yesNo(l.pct(0.99) <= 25*time.Millisecond && l.achieved() >= 0.95*float64(l.rate)))
 		}
+		if n := len(l.isolated); n > 0 {
+			fmt.Fprintf(w, "| isolated single-row tx, one every %s (quiet database) | %d (%d tx) | - | %s | %s | %s | - | - |\n",
+				isolatedGap, n, l.isolatedN, ms(pct(l.isolated, 0.5)), ms(pct(l.isolated, 0.99)), ms(l.isolated[n-1]))
+		}
 	}
 
 	if r.big.label != "" && r.big.err == nil {
@@ -86,8 +91,8 @@ func (r *report) print(w io.Writer, o options) {
 			fmt.Fprintf(w, "- %s: %v\n", t.label, t.err)
 			continue
 		}
-		fmt.Fprintf(w, "- %s: load generated in %s (%.1f MiB of WAL); pg_recvlogical %s; Tideline %s\n",
-			t.label, t.genTook.Round(time.Millisecond), float64(t.walBytes)/(1<<20), took(t.recv), took(t.tl))
+		fmt.Fprintf(w, "- %s: load generated in %s (%.1f MiB of WAL); pg_recvlogical %s; Tideline %s%s\n",
+			t.label, t.genTook.Round(time.Millisecond), float64(t.walBytes)/(1<<20), tookAll(t.recvRuns), tookAll(t.tlRuns), memNote(t.tl.mem))
 	}
 	if r.big.label != "" && r.big.err == nil {
 		fmt.Fprintf(w, "- A, pg_recvlogical binary=true: %s\n", took(r.bigBinary))
@@ -97,12 +102,23 @@ func (r *report) print(w io.Writer, o options) {
 		if l.err != nil {
 			fmt.Fprintf(w, "- Latency: %v\n", l.err)
 		}
-		fmt.Fprintf(w, "- Latency: %d transactions committed in %s (%.1f tx/s asked %d); %.0f events acked in %s batches measured after warm-up; a batch's latency is its oldest transaction's\n",
-			l.committed, l.genTook.Round(time.Millisecond), l.achieved(), l.rate, l.events, thousands(len(l.samples)))
+		fmt.Fprintf(w, "- Latency: %d transactions committed in %s (%.1f tx/s, asked %d); %.0f events acked; %s batches measured after warm-up, a batch's latency being its oldest transaction's%s\n",
+			l.committed, l.genTook.Round(time.Millisecond), l.achieved(), l.rate, l.events, thousands(len(l.samples)), memNote(l.mem))
 	}
-	fmt.Fprintf(w, "- Memory of this process (Tideline + kfake holding the topics + load generators): peak RSS (VmHWM) %.0f MiB, RSS at end %.0f MiB; Go heap in use peak %.0f MiB, at end %.0f MiB\n",
+	fmt.Fprintf(w, "- Memory of this process over the whole run (Tideline + the kfake broker holding each workload's records + load generators): peak RSS (VmHWM) %.0f MiB, RSS at end %.0f MiB; Go heap in use (HeapInuse; never-written pages of a span are not resident, so it can exceed RSS) peak %.0f MiB, at end %.0f MiB\n",
 		mib(r.vmHWM), mib(r.vmRSS), mib(r.heapPeak), mib(r.heapEnd))
 	fmt.Fprintf(w, "- Whole run: %s\n", r.took.Round(time.Second))
+}
+
+func memNote(p memPeak) string {
+	if p.rss == 0 && p.heap == 0 {
+		return ""
+	}
+	scope := "during the run"
+	if !p.perPhase {
+		scope = "process peak so far"
+	}
+	return fmt.Sprintf(", peak RSS %.0f MiB (%s), peak Go heap in use %.0f MiB", mib(p.rss), scope, mib(p.heap))
 }
 
 func rateCell(m measure, events int) string {
@@ -121,6 +137,18 @@ func took(m measure) string {
 		s += " (" + m.note + ")"
 	}
 	return s
+}
+
+// tookAll lists every round's time (the table shows the fastest).
+func tookAll(runs []measure) string {
+	parts := make([]string, len(runs))
+	for i, m := range runs {
+		parts[i] = took(m)
+	}
+	if len(parts) == 0 {
+		return "not run"
+	}
+	return strings.Join(parts, ", ")
 }
 
 func yesNo(ok bool) string {
@@ -150,77 +178,4 @@ func thousands(n int) string {
 		return "-" + b.String()
 	}
 	return b.String()
-}
-
-// procStatus returns a kB field of /proc/self/status in bytes (0 if absent).
-func procStatus(key string) uint64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok || k != key {
-			continue
-		}
-		n, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		return n << 10
-	}
-	return 0
-}
-
-// heapSampler tracks the Go heap in use (runtime/metrics: no stop-the-world,
-// unlike ReadMemStats) every 50 ms.
-type heapSampler struct {
-	done chan struct{}
-	wg   sync.WaitGroup
-	mu   sync.Mutex
-	peak uint64
-}
-
-func startHeapSampler() *heapSampler {
-	h := &heapSampler{done: make(chan struct{})}
-	h.wg.Go(func() {
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			h.sample()
-			select {
-			case <-h.done:
-				return
-			case <-t.C:
-			}
-		}
-	})
-	return h
-}
-
-// heapInUse is HeapInuse: bytes in spans holding objects, free slots included.
-func heapInUse() uint64 {
-	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/unused:bytes"}}
-	metrics.Read(s)
-	return s[0].Value.Uint64() + s[1].Value.Uint64()
-}
-
-func (h *heapSampler) sample() uint64 {
-	v := heapInUse()
-	h.mu.Lock()
-	h.peak = max(h.peak, v)
-	h.mu.Unlock()
-	return v
-}
-
-func (h *heapSampler) peakAndNow() (peak, now uint64) {
-	now = h.sample()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.peak, now
-}
-
-// stop ends the sampling goroutine and waits for it.
-func (h *heapSampler) stop() {
-	close(h.done)
-	h.wg.Wait()
 }

@@ -35,7 +35,9 @@ type Handler interface {
 	// either takes the whole batch (nil) or none of it (an error); when
 	// ctx's deadline passes first it returns ctx.Err() and the caller may
 	// do housekeeping (keepalives) and call it again with the same batch.
-	// The handler owns b once it returned nil.
+	// Handle keeps no reference to b or its Records slice once it returns,
+	// so the caller may reuse them; it may keep the records' Key and Value
+	// bytes, which the caller must not modify afterwards.
 	Handle(ctx context.Context, b *change.Batch) error
 
 	// Drain waits until every batch taken so far is delivered (and its

@@ -55,3 +55,23 @@ func TestSchemaChangesWhileStreaming(t *testing.T) {
 	}
 	r.stop(t)
 }
+
+// TestQuietStreamDeliversLastTransaction commits one transaction and then
+// nothing: with no status due for minutes, the event must be handed over at
+// once, not when the next message happens to arrive (here, a keepalive
+// after the server's next background WAL record, some 15 s later). The 5 s
+// bound is a thousand times the usual delivery time.
+func TestQuietStreamDeliversLastTransaction(t *testing.T) {
+	e := newEnv(t)
+	e.exec("CREATE TABLE public.q (id int PRIMARY KEY)")
+	r := e.start(e.config([]string{"public.q"}, func(c *config.Config) {
+		c.Source.Snapshot = "never"
+		c.Source.StatusInterval = 5 * time.Minute
+	}), daemon.Options{})
+	c := e.consume("test.public.q")
+	for i := 1; i <= 3; i++ {
+		e.exec(fmt.Sprintf("INSERT INTO public.q VALUES (%d)", i))
+		c.poll(i, 5*time.Second, isEvent)
+	}
+	r.stop(t)
+}

@@ -13,6 +13,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -84,7 +86,7 @@ func New(cfg Config, store checkpoint.Store, log *zap.Logger, g Gauges) *Source 
 
 // Commit implements capture.Source.
 func (s *Source) Commit(pos change.Position) {
-	lsn, err := pglogrepl.ParseLSN(string(pos))
+	lsn, err := parsePosition(pos)
 	if err != nil {
 		// Positions come only from this source; a bad one is a bug.
 		panic(fmt.Sprintf("postgres: commit of foreign position %q", pos))
@@ -97,7 +99,26 @@ func (s *Source) Commit(pos change.Position) {
 	}
 }
 
-func position(lsn pglogrepl.LSN) change.Position { return change.Position(lsn.String()) }
+// position renders an LSN as PostgreSQL prints it ("16/B374D848"),
+// without fmt: it runs once per transaction.
+func position(lsn pglogrepl.LSN) change.Position {
+	var b [17]byte
+	out := strconv.AppendUint(b[:0], uint64(lsn)>>32, 16)
+	out = append(out, '/')
+	out = strconv.AppendUint(out, uint64(lsn)&0xffffffff, 16)
+	return change.Position(bytes.ToUpper(out))
+}
+
+// parsePosition reverses position.
+func parsePosition(p change.Position) (pglogrepl.LSN, error) {
+	hi, lo, ok := strings.Cut(string(p), "/")
+	h, err1 := strconv.ParseUint(hi, 16, 32)
+	l, err2 := strconv.ParseUint(lo, 16, 32)
+	if !ok || err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("postgres: %q is not an LSN", p)
+	}
+	return pglogrepl.LSN(h<<32 | l), nil
+}
 
 // snapshotState is stored under snapshotKey once the initial snapshot of a
 // slot is delivered.
@@ -301,44 +322,60 @@ func newBatch(n int) *change.Batch { return &change.Batch{Records: make([]change
 func (st *stream) run(ctx context.Context) error {
 	st.confirmed = pglogrepl.LSN(st.s.committed.Load())
 	st.nextStatus = time.Now()
+	// Reads take no context: pgconn would arm a watcher per message. A
+	// read deadline at the next status time bounds each wait instead,
+	// and cancellation cuts a blocked read by moving the deadline to now.
+	netConn := st.rconn.Conn()
+	stop := context.AfterFunc(ctx, func() { _ = netConn.SetReadDeadline(time.Now()) })
+	defer stop()
 	for {
 		if err := st.maybeSendStatus(time.Now()); err != nil {
 			return err
 		}
-		rctx, cancel := context.WithDeadline(ctx, st.nextStatus)
-		err := st.receive(rctx)
-		cancel()
+		_ = netConn.SetReadDeadline(st.nextStatus)
+		// Checked after setting the deadline: a cancellation that comes
+		// later moves the deadline to now, so the read cannot block past it.
+		if ctx.Err() != nil {
+			return st.shutdown()
+		}
+		err := st.receive(ctx)
 		if err == nil {
 			continue
 		}
 		if ctx.Err() != nil {
 			return st.shutdown()
 		}
-		if pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) {
+		if pgconn.Timeout(err) {
 			continue
 		}
 		return err
 	}
 }
 
-// receive handles messages until rctx expires or an error occurs. It reuses
-// rctx across messages: one deadline context per status period, not per
-// message.
-func (st *stream) receive(rctx context.Context) error {
+// receive handles messages until the status is due or an error occurs.
+func (st *stream) receive(ctx context.Context) error {
 	for {
-		msg, err := st.rconn.ReceiveMessage(rctx)
+		msg, err := st.rconn.ReceiveMessage(context.Background())
 		if err != nil {
 			return err
 		}
 		switch msg := msg.(type) {
 		case *pgproto3.CopyData:
-			if err := st.copyData(rctx, msg.Data); err != nil {
+			if err := st.copyData(ctx, msg.Data); err != nil {
 				return err
 			}
 		case *pgproto3.ErrorResponse:
 			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
 		case *pgproto3.CopyDone:
 			return errors.New("replication stream ended by the server")
+		}
+		// Outside a transaction, hand over what was read as soon as
+		// nothing more is waiting: batches stay large under load, and a
+		// quiet stream's last transaction does not wait for more traffic.
+		if !st.inTx && (len(st.batch.Records) > 0 || st.batch.Checkpoint != "") && st.rconn.Frontend().ReadBufferLen() == 0 {
+			if err := st.flush(ctx); err != nil {
+				return err
+			}
 		}
 		if time.Now().After(st.nextStatus) {
 			return nil
@@ -362,12 +399,10 @@ func (st *stream) copyData(ctx context.Context, data []byte) error {
 			// before ServerWALEnd was sent already (the walsender reports
 			// how far it decoded), so once the batches before are
 			// delivered the slot may move here. This keeps a quiet
-			// slot from holding WAL while other tables churn.
+			// slot from holding WAL while other tables churn. The
+			// receive loop hands the batch over.
 			st.batch.Checkpoint = position(ka.ServerWALEnd)
 			st.lastHand = ka.ServerWALEnd
-			if err := st.flush(ctx); err != nil {
-				return err
-			}
 		}
 		if ka.ReplyRequested {
 			st.nextStatus = time.Time{}
@@ -413,7 +448,7 @@ func (st *stream) flush(ctx context.Context) error {
 			return err
 		}
 	}
-	st.batch = newBatch(st.s.cfg.BatchRecords)
+	st.batch.Reset() // the handler keeps no reference to the batch
 	return nil
 }
 
@@ -423,19 +458,25 @@ func (st *stream) flush(ctx context.Context) error {
 // ends (snapshotDone).
 func (st *stream) flushSnapshot(ctx context.Context) error {
 	b := st.batch
-	next := newBatch(st.s.cfg.BatchRecords)
-	if !st.snapDone && len(b.Records) > 0 {
-		held := b.Records[len(b.Records)-1]
+	var held change.Record
+	hold := !st.snapDone && len(b.Records) > 0
+	if hold {
+		held = b.Records[len(b.Records)-1]
 		b.Records = b.Records[:len(b.Records)-1]
 		b.Bytes -= held.Size()
-		next.Add(held)
 	}
 	if len(b.Records) > 0 {
 		if err := st.h.Handle(ctx, b); err != nil {
+			if hold {
+				b.Add(held)
+			}
 			return err
 		}
 	}
-	st.batch = next
+	b.Reset()
+	if hold {
+		b.Add(held)
+	}
 	return nil
 }
 
@@ -535,13 +576,7 @@ func (st *stream) message(ctx context.Context, walStart pglogrepl.LSN, data []by
 		st.inTx = false
 		st.batch.Checkpoint = position(m.TransactionEndLSN)
 		st.lastHand = m.TransactionEndLSN
-		// Hand over at a transaction end when nothing more is waiting in
-		// the read buffer: batches stay large under load and latency
-		// stays low when the stream is quiet.
-		if len(st.batch.Records) >= st.s.cfg.BatchRecords || st.batch.Bytes >= st.s.cfg.BatchBytes ||
-			st.rconn.Frontend().ReadBufferLen() == 0 {
-			return st.flush(ctx)
-		}
+		return st.maybeFlushFull(ctx)
 	case pglogrepl.MessageTypeRelation:
 		var m pglogrepl.RelationMessage
 		if err := m.Decode(data[1:]); err != nil {

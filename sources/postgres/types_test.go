@@ -3,6 +3,8 @@ package postgres
 import (
 	"encoding/json"
 	"testing"
+
+	"github.com/jackc/pglogrepl"
 )
 
 func TestConverters(t *testing.T) {
@@ -72,4 +74,20 @@ func FuzzArray(f *testing.F) {
 			t.Fatalf("%q -> invalid JSON %s", s, out)
 		}
 	})
+}
+
+func TestPositionRoundTrip(t *testing.T) {
+	for _, lsn := range []uint64{0, 1, 0x16B3748, 0x16_B374D848, 0xFFFFFFFF_FFFFFFFF} {
+		p := position(pglogrepl.LSN(lsn))
+		if want := pglogrepl.LSN(lsn).String(); string(p) != want {
+			t.Errorf("position(%x) = %s, want %s", lsn, p, want)
+		}
+		back, err := parsePosition(p)
+		if err != nil || uint64(back) != lsn {
+			t.Errorf("parsePosition(%s) = %x, %v", p, back, err)
+		}
+	}
+	if _, err := parsePosition("nope"); err == nil {
+		t.Error("parsePosition accepted garbage")
+	}
 }
