@@ -42,6 +42,7 @@ type options struct {
 	skipLat    bool
 	cpuProfile string
 	latencyCSV string
+	compress   string
 }
 
 func main() {
@@ -57,6 +58,7 @@ func main() {
 	flag.IntVar(&o.latWorkers, "lat-workers", 4, "latency: generator connections")
 	flag.BoolVar(&o.skipLat, "skip-latency", false, "skip the latency measurement")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each Tideline throughput run: FILE for workload A, FILE.single for workload B")
+	flag.StringVar(&o.compress, "compression", "lz4", "kafka.compression for Tideline (lz4, zstd, snappy, gzip, none)")
 	flag.StringVar(&o.latencyCSV, "latency-csv", "", "write every latency sample (commit time, latency) to this CSV file")
 	flag.Parse()
 	if o.rounds < 1 || o.txSize < 1 || o.genConns < 1 || o.rate < 1 || o.latWorkers < 1 || o.duration <= o.warmup {

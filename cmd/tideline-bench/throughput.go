@@ -366,7 +366,7 @@ func (b *bench) tidelineConfig(name, slot, pub, table string, status time.Durati
 			Type: "postgres", DSN: config.Secret(b.dsn), Tables: []string{table},
 			Snapshot: "never", Slot: slot, Publication: pub, StatusInterval: status,
 		},
-		Kafka: config.Kafka{Brokers: b.brokers},
+		Kafka: config.Kafka{Brokers: b.brokers, Compression: b.o.compress},
 		HTTP:  config.HTTP{Listen: "off"},
 		Log:   config.Log{Level: "warn", Format: "console"},
 	}
