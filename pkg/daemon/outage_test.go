@@ -138,11 +138,13 @@ func TestKcatReadsEmbeddedBroker(t *testing.T) {
 	e.exec("CREATE TABLE public.items (id int PRIMARY KEY, name text)")
 	e.exec("INSERT INTO public.items SELECT g, 'item ' || g FROM generate_series(1, 40) g")
 	const partitions = 4
-	r := e.start(e.config([]string{"public.items"}, func(c *config.Config) {
+	dataDir := t.TempDir()
+	cfg := e.config([]string{"public.items"}, func(c *config.Config) {
 		c.Kafka.Brokers = []string{config.Embedded}
-		c.Kafka.Embedded = config.EmbeddedBroker{Listen: addr, DataDir: t.TempDir()}
+		c.Kafka.Embedded = config.EmbeddedBroker{Listen: addr, DataDir: dataDir}
 		c.Kafka.Topics.Partitions = partitions
-	}), daemon.Options{})
+	})
+	r := e.start(cfg, daemon.Options{})
 	e.exec("UPDATE public.items SET name = 'renamed' WHERE id <= 10")
 
 	var out []byte
@@ -208,6 +210,41 @@ func TestKcatReadsEmbeddedBroker(t *testing.T) {
 	}
 	if len(spread) < 2 {
 		t.Errorf("all 40 keys on one partition: the comparison proves nothing")
+	}
+
+	// The broker's topics carry retention, so its memory and disk stay
+	// bounded.
+	rc, err := kadm.NewClient(cl).DescribeTopicConfigs(context.Background(), "test.public.items")
+	if err != nil {
+		t.Fatal(err)
+	}
+	retention := map[string]string{}
+	for _, c := range rc {
+		for _, v := range c.Configs {
+			if v.Value != nil {
+				retention[v.Key] = *v.Value
+			}
+		}
+	}
+	if retention["retention.ms"] != "86400000" || retention["retention.bytes"] != fmt.Sprint(256<<20) {
+		t.Errorf("topic retention: retention.ms=%q retention.bytes=%q, want the embedded defaults", retention["retention.ms"], retention["retention.bytes"])
+	}
+	cl.Close()
+	r.stop(t)
+
+	// The broker persists to its data dir: after a restart the records are
+	// still there, and the snapshot is not taken again.
+	r = e.start(cfg, daemon.Options{})
+	e.exec("INSERT INTO public.items VALUES (41, 'late')")
+	waitFor(t, 30*time.Second, "kcat to read the old records and the new one", func() (bool, error) {
+		out, err = exec.Command(kcat, "-b", addr, "-C", "-t", "test.public.items", "-o", "beginning", "-e", "-q", "-f", "%s\n").CombinedOutput()
+		if err != nil {
+			return false, fmt.Errorf("kcat: %v: %s", err, out)
+		}
+		return strings.Contains(string(out), `"id":41`), nil
+	})
+	if n := strings.Count(string(out), `"op":"r"`); n != 40 {
+		t.Errorf("after a restart on the same data dir: %d snapshot rows, want the 40 from the first run", n)
 	}
 	r.stop(t)
 }
