@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -37,9 +38,7 @@ func connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, capture.Fatal(fmt.Errorf("source.dsn: %w", err))
 	}
-	for k, v := range sessionParams {
-		cfg.RuntimeParams[k] = v
-	}
+	maps.Copy(cfg.RuntimeParams, sessionParams)
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to PostgreSQL at %s: %w", config.Redact(dsn), unwrapConnect(err))
@@ -53,9 +52,7 @@ func connectReplication(ctx context.Context, dsn string) (*pgconn.PgConn, error)
 	if err != nil {
 		return nil, capture.Fatal(fmt.Errorf("source.dsn: %w", err))
 	}
-	for k, v := range sessionParams {
-		cfg.RuntimeParams[k] = v
-	}
+	maps.Copy(cfg.RuntimeParams, sessionParams)
 	cfg.RuntimeParams["replication"] = "database"
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
