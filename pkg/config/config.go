@@ -43,8 +43,6 @@ type Source struct {
 	// StatusInterval is how often the slot's confirmed position is sent
 	// to the server (and a reply asked for when idle).
 	StatusInterval time.Duration `yaml:"status_interval"`
-	// SnapshotFetchSize is how many rows a snapshot cursor fetches at once.
-	SnapshotFetchSize int `yaml:"snapshot_fetch_size"`
 }
 
 // Kafka is where changes go.
@@ -123,9 +121,6 @@ func (c *Config) Defaults() {
 	}
 	if c.Source.StatusInterval == 0 {
 		c.Source.StatusInterval = 10 * time.Second
-	}
-	if c.Source.SnapshotFetchSize == 0 {
-		c.Source.SnapshotFetchSize = 10000
 	}
 	if len(c.Kafka.Brokers) == 0 {
 		c.Kafka.Brokers = []string{Embedded}
@@ -266,9 +261,6 @@ func (c *Config) Validate() error {
 	}
 	if c.Source.StatusInterval < 100*time.Millisecond || c.Source.StatusInterval > 5*time.Minute {
 		add("source.status_interval", "%s: must be between 100ms and 5m", c.Source.StatusInterval)
-	}
-	if c.Source.SnapshotFetchSize < 1 {
-		add("source.snapshot_fetch_size", "must be positive")
 	}
 	if len(c.Kafka.Brokers) == 0 {
 		add("kafka.brokers", "list at least one host:port, or [embedded]")

@@ -4,9 +4,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 func TestParseMinimalAppliesDefaults(t *testing.T) {
@@ -124,4 +127,34 @@ func TestByteSize(t *testing.T) {
 			t.Errorf("ParseByteSize(%q) succeeded", in)
 		}
 	}
+}
+
+// TestExampleConfigDocumentsEveryKey checks that configs/postgres.example.yaml
+// sets every key the Config struct reads, so the example stays the reference.
+func TestExampleConfigDocumentsEveryKey(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "configs", "postgres.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	var walk func(typ reflect.Type, node map[string]any, path string)
+	walk = func(typ reflect.Type, node map[string]any, path string) {
+		for i := 0; i < typ.NumField(); i++ {
+			key := strings.Split(typ.Field(i).Tag.Get("yaml"), ",")[0]
+			val, ok := node[key]
+			if !ok {
+				t.Errorf("the example does not show %s%s", path, key)
+				continue
+			}
+			ft := typ.Field(i).Type
+			if ft.Kind() == reflect.Struct && ft != reflect.TypeOf(time.Duration(0)) {
+				sub, _ := val.(map[string]any)
+				walk(ft, sub, path+key+".")
+			}
+		}
+	}
+	walk(reflect.TypeOf(Config{}), doc, "")
 }

@@ -56,7 +56,6 @@ func newPostgres(d Deps) (capture.Source, error) {
 		StatusInterval: c.Source.StatusInterval,
 		BatchRecords:   c.Capture.BatchRecords,
 		BatchBytes:     int(c.Capture.BatchBytes),
-		FetchSize:      c.Source.SnapshotFetchSize,
 		Version:        Version,
 	}, d.Store, d.Log.Named("postgres"), postgres.Gauges{
 		LagBytes:     d.Metrics.SourceLagBytes.WithLabelValues(name),

@@ -189,7 +189,7 @@ func TestSnapshotHandoffUnderConcurrentWrites(t *testing.T) {
 	w := startWriter(t, e.pg.DSN("postgres"), seeded+1, seeded)
 	waitFor(t, 10*time.Second, "writer to start", func() (bool, error) { return w.count.Load() > 50, nil })
 	// The snapshot is taken while the writer commits.
-	r := e.start(e.config([]string{"public.kv"}, func(c *config.Config) { c.Source.SnapshotFetchSize = 100 }), daemon.Options{})
+	r := e.start(e.config([]string{"public.kv"}, nil), daemon.Options{})
 	time.Sleep(2 * time.Second)
 	committed := w.halt()
 	t.Logf("writer committed %d transactions", w.count.Load())

@@ -44,7 +44,6 @@ type Config struct {
 	StatusInterval time.Duration
 	BatchRecords   int
 	BatchBytes     int
-	FetchSize      int
 	Version        string // Tideline's version, for source.version
 }
 
