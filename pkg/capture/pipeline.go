@@ -254,7 +254,15 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		p.log.Error("source stopped; restarting from the last committed position", zap.Error(err), zap.Duration("retry_in", wait))
 		// Deliver what is in flight first, so the restarted source's
 		// duplicates are limited to the window it re-reads.
-		if derr := p.Drain(ctx); derr != nil && ctx.Err() == nil {
+		if derr := p.Drain(ctx); derr != nil {
+			if ctx.Err() == nil {
+				return derr
+			}
+			// Stopped while draining: finish the drain, bounded, so a
+			// clean stop still delivers what was handed over.
+			dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			derr = p.Drain(dctx)
+			cancel()
 			return derr
 		}
 		select {

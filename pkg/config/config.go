@@ -57,6 +57,9 @@ type Kafka struct {
 	Tombstones *bool `yaml:"tombstones"`
 	// Linger is how long the producer waits to fill a batch.
 	Linger time.Duration `yaml:"linger"`
+	// MaxMessageBytes bounds one produce batch (and so one record); the
+	// topics' max.message.bytes must allow it.
+	MaxMessageBytes ByteSize `yaml:"max_message_bytes"`
 	Topics Topics        `yaml:"topics"`
 	// Embedded configures the in-process broker (brokers: [embedded]).
 	Embedded EmbeddedBroker `yaml:"embedded"`
@@ -136,6 +139,9 @@ func (c *Config) Defaults() {
 	}
 	if c.Kafka.Linger == 0 {
 		c.Kafka.Linger = 2 * time.Millisecond
+	}
+	if c.Kafka.MaxMessageBytes == 0 {
+		c.Kafka.MaxMessageBytes = 1 << 20
 	}
 	if c.Kafka.Topics.Partitions == 0 {
 		c.Kafka.Topics.Partitions = 1
@@ -259,8 +265,11 @@ func (c *Config) Validate() error {
 	if !identRe.MatchString(c.Source.Publication) {
 		add("source.publication", "%q: use 1-63 lower-case letters, digits or '_'", c.Source.Publication)
 	}
-	if c.Source.StatusInterval < 100*time.Millisecond || c.Source.StatusInterval > 5*time.Minute {
-		add("source.status_interval", "%s: must be between 100ms and 5m", c.Source.StatusInterval)
+	// The status doubles as the keepalive while back-pressure holds
+	// reading; PostgreSQL drops a silent connection after
+	// wal_sender_timeout (60s by default).
+	if c.Source.StatusInterval < 100*time.Millisecond || c.Source.StatusInterval > 30*time.Second {
+		add("source.status_interval", "%s: must be between 100ms and 30s (below half of PostgreSQL's wal_sender_timeout)", c.Source.StatusInterval)
 	}
 	if len(c.Kafka.Brokers) == 0 {
 		add("kafka.brokers", "list at least one host:port, or [embedded]")
@@ -286,6 +295,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.Linger < 0 || c.Kafka.Linger > time.Second {
 		add("kafka.linger", "%s: must be between 0 and 1s", c.Kafka.Linger)
+	}
+	if c.Kafka.MaxMessageBytes < 1<<10 || c.Kafka.MaxMessageBytes > 1<<30 {
+		add("kafka.max_message_bytes", "must be between 1KiB and 1GiB")
 	}
 	if c.Kafka.Topics.Partitions < 1 {
 		add("kafka.topics.partitions", "must be at least 1")
@@ -360,6 +372,14 @@ func Redact(s string) string {
 	u, err := url.Parse(s)
 	if err != nil {
 		return "(unparseable URL)"
+	}
+	if q := u.Query(); len(q) > 0 {
+		for _, k := range []string{"password", "sslpassword", "sslkey"} {
+			if q.Has(k) {
+				q.Set(k, "xxxxx")
+			}
+		}
+		u.RawQuery = q.Encode()
 	}
 	return u.Redacted()
 }

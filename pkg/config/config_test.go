@@ -158,3 +158,15 @@ func TestExampleConfigDocumentsEveryKey(t *testing.T) {
 	}
 	walk(reflect.TypeOf(Config{}), doc, "")
 }
+
+func TestRedact(t *testing.T) {
+	for in, want := range map[string]string{
+		"postgres://u:secret@h:5432/db":                       "postgres://u:xxxxx@h:5432/db",
+		"postgres://u@h/db?password=secret&sslmode=require":   "postgres://u@h/db?password=xxxxx&sslmode=require",
+		"postgres://u@h/db?sslpassword=secret&sslkey=/k/path": "postgres://u@h/db?sslkey=xxxxx&sslpassword=xxxxx",
+	} {
+		if got := Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -305,3 +305,5 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+func nopLogger() *zap.Logger { return zap.NewNop() }

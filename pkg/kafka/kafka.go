@@ -38,7 +38,7 @@ func NewClient(cfg config.Kafka, brokers []string, bufferBytes int64, log *zap.L
 		kgo.MaxBufferedBytes(int(bufferBytes)),
 		kgo.MaxBufferedRecords(1 << 30),
 		kgo.UnknownTopicRetries(-1),
-		kgo.ProducerBatchMaxBytes(4 << 20),
+		kgo.ProducerBatchMaxBytes(int32(cfg.MaxMessageBytes)),
 		kgo.WithLogger(zapLogger{log.Named("kafka")}),
 	}
 	cl, err := kgo.NewClient(opts...)
@@ -168,7 +168,11 @@ func Produce(ctx context.Context, cl *kgo.Client, b *change.Batch, ack func(erro
 	recs := make([]kgo.Record, len(b.Records))
 	promise := func(r *kgo.Record, err error) {
 		if err != nil {
-			err = fmt.Errorf("produce to %s partition %d: %w", r.Topic, r.Partition, err)
+			hint := ""
+			if errors.Is(err, kerr.MessageTooLarge) {
+				hint = " (a row larger than kafka.max_message_bytes or the topic's max.message.bytes: raise both)"
+			}
+			err = fmt.Errorf("produce to %s partition %d: %w%s", r.Topic, r.Partition, err, hint)
 		}
 		ack(err)
 	}

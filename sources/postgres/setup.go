@@ -21,8 +21,9 @@ type tableRef struct {
 	name   string
 	// ident is relreplident: d(efault, the primary key), f(ull), i(ndex),
 	// n(othing).
-	ident byte
-	hasPK bool
+	ident       byte
+	hasPK       bool
+	partitioned bool
 }
 
 func (t tableRef) qualified() string {
@@ -83,7 +84,9 @@ func checkServer(ctx context.Context, conn *pgx.Conn) error {
 	var role string
 	var canReplicate bool
 	if err := conn.QueryRow(ctx,
-		"SELECT current_user, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+		`SELECT current_user, rolreplication OR rolsuper OR EXISTS (
+			SELECT 1 FROM pg_roles r WHERE r.rolname = 'rds_replication' AND pg_has_role(current_user, r.oid, 'member'))
+		FROM pg_roles WHERE rolname = current_user`,
 	).Scan(&role, &canReplicate); err != nil {
 		return fmt.Errorf("read role attributes: %w", err)
 	}
@@ -103,7 +106,7 @@ func resolveTables(ctx context.Context, conn *pgx.Conn, patterns []string) ([]ta
 	for _, p := range patterns {
 		schema, table, _ := strings.Cut(p, ".")
 		rows, err := conn.Query(ctx, `
-			SELECT c.oid, n.nspname, c.relname, c.relreplident,
+			SELECT c.oid, n.nspname, c.relname, c.relreplident, c.relkind = 'p',
 			       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
 			       has_table_privilege(c.oid, 'SELECT')
 			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -119,7 +122,7 @@ func resolveTables(ctx context.Context, conn *pgx.Conn, patterns []string) ([]ta
 			var t tableRef
 			var canSelect bool
 			var ident rune
-			if err := rows.Scan(&t.oid, &t.schema, &t.name, &ident, &t.hasPK, &canSelect); err != nil {
+			if err := rows.Scan(&t.oid, &t.schema, &t.name, &ident, &t.partitioned, &t.hasPK, &canSelect); err != nil {
 				rows.Close()
 				return nil, fmt.Errorf("look up tables %q: %w", p, err)
 			}
@@ -172,11 +175,23 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 		names[i] = t.qualified()
 	}
 	if !exists {
-		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", pgx.Identifier{name}.Sanitize(), strings.Join(names, ", "))
+		// A partitioned table's changes are published as its own, not
+		// its partitions', so snapshot and stream share one topic.
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)", pgx.Identifier{name}.Sanitize(), strings.Join(names, ", "))
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			return capture.Fatal(fmt.Errorf("create publication %s: %w (the role must own the tables; or create it yourself: %s)", name, err, sql))
 		}
 		return nil
+	}
+	var viaRoot bool
+	if err := conn.QueryRow(ctx, "SELECT pubviaroot FROM pg_publication WHERE pubname = $1", name).Scan(&viaRoot); err != nil {
+		return fmt.Errorf("read publication %s: %w", name, err)
+	}
+	for _, t := range tables {
+		if t.partitioned && !viaRoot {
+			return capture.Fatal(fmt.Errorf("publication %s publishes the partitions of the partitioned table %s under their own names: ALTER PUBLICATION %s SET (publish_via_partition_root = true)",
+				name, t, pgx.Identifier{name}.Sanitize()))
+		}
 	}
 	rows, err := conn.Query(ctx, "SELECT format('%I.%I', schemaname, tablename) FROM pg_publication_tables WHERE pubname = $1", name)
 	if err != nil {
@@ -211,16 +226,31 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 
 // slotState is what pg_replication_slots says of the slot.
 type slotState struct {
-	exists   bool
-	plugin   string
-	active   bool
-	database string
+	exists    bool
+	plugin    string
+	database  string
+	walStatus string
+}
+
+// usable checks that an existing slot can be streamed from here.
+func (s slotState) usable(name, database string) error {
+	switch {
+	case !s.exists:
+		return nil
+	case s.plugin != "pgoutput":
+		return capture.Fatal(fmt.Errorf("replication slot %s uses plugin %q, not pgoutput: drop it (SELECT pg_drop_replication_slot('%s')) or set source.slot", name, s.plugin, name))
+	case s.database != database:
+		return capture.Fatal(fmt.Errorf("replication slot %s belongs to database %q, not %q: set source.slot to another name", name, s.database, database))
+	case s.walStatus == "lost":
+		return capture.Fatal(fmt.Errorf("replication slot %s was invalidated by PostgreSQL (it fell behind max_slot_wal_keep_size) and its changes are lost: drop it (SELECT pg_drop_replication_slot('%s')) and take a new snapshot", name, name))
+	}
+	return nil
 }
 
 func readSlot(ctx context.Context, conn *pgx.Conn, name string) (slotState, error) {
 	var s slotState
-	err := conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), active, coalesce(database, '')
-		FROM pg_replication_slots WHERE slot_name = $1`, name).Scan(&s.plugin, &s.active, &s.database)
+	err := conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database, ''), coalesce(wal_status, '')
+		FROM pg_replication_slots WHERE slot_name = $1`, name).Scan(&s.plugin, &s.database, &s.walStatus)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return s, nil
 	}
@@ -232,17 +262,15 @@ func readSlot(ctx context.Context, conn *pgx.Conn, name string) (slotState, erro
 }
 
 // keyColumns returns the names of the columns that identify a row of the
-// table: its primary key, else its replica identity index, else none.
+// table: the replica identity index's with REPLICA IDENTITY USING INDEX
+// (deletes carry only those), else the primary key's, else none.
 func keyColumns(ctx context.Context, conn *pgx.Conn, oid uint32) (map[string]bool, error) {
 	rows, err := conn.Query(ctx, `
 		SELECT a.attname FROM pg_index i
+		JOIN pg_class c ON c.oid = i.indrelid
 		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-		WHERE i.indrelid = $1 AND i.indisprimary
-		UNION ALL
-		SELECT a.attname FROM pg_index i
-		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-		WHERE i.indrelid = $1 AND i.indisreplident
-		  AND NOT EXISTS (SELECT 1 FROM pg_index p WHERE p.indrelid = $1 AND p.indisprimary)`, oid)
+		WHERE i.indrelid = $1
+		  AND CASE WHEN c.relreplident = 'i' THEN i.indisreplident ELSE i.indisprimary END`, oid)
 	if err != nil {
 		return nil, fmt.Errorf("read key of table %d: %w", oid, err)
 	}
@@ -259,8 +287,9 @@ func keyColumns(ctx context.Context, conn *pgx.Conn, oid uint32) (map[string]boo
 
 // typeInfo is what the source needs of a column type.
 type typeInfo struct {
-	name string
-	conv conv
+	name  string
+	conv  conv
+	delim byte // the array delimiter of this type's values (',' but ';' for box)
 }
 
 // types resolves type OIDs to names and converters, asking the catalog for
@@ -282,28 +311,36 @@ func (ts *types) lookup(ctx context.Context, oid uint32) (typeInfo, error) {
 		elem     uint32
 		category string
 		base     uint32
+		delim    string
+		arrayIn  string
 	)
-	err := ts.conn.QueryRow(ctx, `SELECT t.typname, t.typelem, t.typcategory, t.typbasetype FROM pg_type t WHERE t.oid = $1`, oid).
-		Scan(&name, &elem, &category, &base)
+	err := ts.conn.QueryRow(ctx, `SELECT t.typname, t.typelem, t.typcategory, t.typbasetype, t.typdelim::text, t.typinput::text
+		FROM pg_type t WHERE t.oid = $1`, oid).
+		Scan(&name, &elem, &category, &base, &delim, &arrayIn)
 	if err != nil {
 		return typeInfo{}, fmt.Errorf("look up type %d: %w", oid, err)
 	}
-	var ti typeInfo
+	ti := typeInfo{name: name, delim: ','}
+	if len(delim) == 1 {
+		ti.delim = delim[0]
+	}
 	switch {
-	case category == "A" && elem != 0:
+	case category == "A" && elem != 0 && arrayIn == "array_in":
 		et, err := ts.lookup(ctx, elem)
 		if err != nil {
 			return typeInfo{}, err
 		}
-		ti = typeInfo{name: name, conv: arrayConv(et.conv)}
+		ti.conv = arrayConv(et.conv, et.delim)
 	case base != 0: // a domain converts like its base type
 		bt, err := ts.lookup(ctx, base)
 		if err != nil {
 			return typeInfo{}, err
 		}
-		ti = typeInfo{name: name, conv: bt.conv}
+		ti.conv = bt.conv
 	default:
-		ti = typeInfo{name: name, conv: scalarConv(oid)}
+		// Including int2vector and oidvector: arrays in the catalog, but
+		// printed space-separated without braces; they stay strings.
+		ti.conv = scalarConv(oid)
 	}
 	ts.cache[oid] = ti
 	return ti, nil

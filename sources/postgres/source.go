@@ -66,10 +66,10 @@ type Source struct {
 	// Commit from producer goroutines and read by the Run loop, which
 	// confirms it to the server.
 	committed atomic.Uint64
-	// streaming is true while a replication session is open; streamed
-	// once one has been.
+	// streaming is true while a replication session is open.
 	streaming atomic.Bool
-	streamed  atomic.Bool
+	// connected is set once the source has reached the database.
+	connected atomic.Bool
 }
 
 // Streaming reports whether the source is streaming changes (the snapshot,
@@ -124,8 +124,34 @@ func parsePosition(p change.Position) (pglogrepl.LSN, error) {
 type snapshotState struct {
 	Slot      string `json:"slot"`
 	Completed bool   `json:"completed"`
-	LSN       string `json:"lsn"`
-	Tables    int    `json:"tables"`
+	LSN       string   `json:"lsn"`
+	Tables    []string `json:"tables"`
+}
+
+// checkAfterSnapshot refuses to stream when doing so would silently miss
+// rows: the slot the snapshot handed off to is gone, or tables were added
+// to source.tables after the snapshot (their existing rows were never read).
+func (s *Source) checkAfterSnapshot(st *snapshotState, slot slotState, tables []tableRef) error {
+	key := s.snapshotKey()
+	if !slot.exists {
+		return capture.Fatal(fmt.Errorf("replication slot %s is gone although its snapshot completed (at %s): the changes since its last confirmed position are lost to it. "+
+			"To start over with a new snapshot, delete the key %q from the offsets topic (produce a null value for it) or use a new name/source.slot", s.cfg.Slot, st.LSN, key))
+	}
+	had := map[string]bool{}
+	for _, t := range st.Tables {
+		had[t] = true
+	}
+	var added []string
+	for _, t := range tables {
+		if !had[t.String()] {
+			added = append(added, t.String())
+		}
+	}
+	if len(added) > 0 {
+		return capture.Fatal(fmt.Errorf("tables %s were added to source.tables after the initial snapshot, so their existing rows were never read. "+
+			"Either take a new snapshot of everything (delete the key %q from the offsets topic), or capture them from now on only with a separate pipeline using snapshot: never", strings.Join(added, ", "), key))
+	}
+	return nil
 }
 
 func (s *Source) snapshotKey() string { return "postgres/" + s.cfg.Name + "/snapshot" }
@@ -134,7 +160,7 @@ func (s *Source) snapshotKey() string { return "postgres/" + s.cfg.Name + "/snap
 func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 	conn, err := connect(ctx, s.cfg.DSN)
 	if err != nil {
-		if !s.streamed.Load() {
+		if !s.connected.Load() {
 			// Unreachable at start: most likely a wrong DSN, so say so
 			// and stop, instead of retrying in silence. A connection lost
 			// later is retried by the pipeline.
@@ -142,6 +168,7 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 		}
 		return err
 	}
+	s.connected.Store(true)
 	defer conn.Close(context.Background())
 	if err := checkServer(ctx, conn); err != nil {
 		return err
@@ -157,8 +184,8 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 	if err != nil {
 		return err
 	}
-	if slot.exists && slot.plugin != "pgoutput" {
-		return capture.Fatal(fmt.Errorf("replication slot %s uses plugin %q, not pgoutput: drop it (SELECT pg_drop_replication_slot('%s')) or set source.slot", s.cfg.Slot, slot.plugin, s.cfg.Slot))
+	if err := slot.usable(s.cfg.Slot, conn.Config().Database); err != nil {
+		return err
 	}
 
 	needSnapshot := false
@@ -168,6 +195,11 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 			return err
 		}
 		needSnapshot = st == nil || !st.Completed || st.Slot != s.cfg.Slot
+		if !needSnapshot {
+			if err := s.checkAfterSnapshot(st, slot, tables); err != nil {
+				return err
+			}
+		}
 		if needSnapshot && slot.exists {
 			// A slot without a finished snapshot is from a run that
 			// stopped mid-snapshot: start over with a new slot and a new
@@ -208,7 +240,11 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 			if err != nil {
 				return fmt.Errorf("initial snapshot: %w", err)
 			}
-			if err := s.saveSnapshotState(ctx, snapshotState{Slot: s.cfg.Slot, Completed: true, LSN: res.ConsistentPoint, Tables: len(tables)}); err != nil {
+			names := make([]string, len(tables))
+			for i, t := range tables {
+				names[i] = t.String()
+			}
+			if err := s.saveSnapshotState(ctx, snapshotState{Slot: s.cfg.Slot, Completed: true, LSN: res.ConsistentPoint, Tables: names}); err != nil {
 				return err
 			}
 			s.log.Info("initial snapshot delivered", zap.Int64("rows", n), zap.Int("tables", len(tables)))
@@ -229,7 +265,6 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 		s.gauges.Connected.Set(1)
 	}
 	s.streaming.Store(true)
-	s.streamed.Store(true)
 	defer s.streaming.Store(false)
 	s.log.Info("streaming changes", zap.String("slot", s.cfg.Slot), zap.String("publication", s.cfg.Publication), zap.Int("tables", len(tables)))
 	st := newStream(s, conn, rconn, tt, h)
@@ -517,7 +552,7 @@ func (st *stream) maybeSendStatus(now time.Time) error {
 		return fmt.Errorf("send standby status: %w", err)
 	}
 	st.nextStatus = now.Add(st.s.cfg.StatusInterval)
-	if g := st.s.gauges; g.ConfirmedLSN != nil {
+	if g := st.s.gauges; g.ConfirmedLSN != nil && g.LagBytes != nil {
 		g.ConfirmedLSN.Set(float64(st.confirmed))
 		if st.serverEnd > st.confirmed {
 			g.LagBytes.Set(float64(st.serverEnd - st.confirmed))
@@ -587,7 +622,7 @@ func (st *stream) message(ctx context.Context, walStart pglogrepl.LSN, data []by
 		if err := m.Decode(data[1:]); err != nil {
 			return fmt.Errorf("decode INSERT: %w", err)
 		}
-		return st.row(ctx, walStart, change.OpCreate, m.RelationID, nil, m.Tuple)
+		return st.row(ctx, walStart, change.OpCreate, m.RelationID, nil, false, m.Tuple)
 	case pglogrepl.MessageTypeUpdate:
 		var m pglogrepl.UpdateMessage
 		if err := m.Decode(data[1:]); err != nil {
@@ -595,13 +630,13 @@ func (st *stream) message(ctx context.Context, walStart pglogrepl.LSN, data []by
 		}
 		// The old tuple is there with REPLICA IDENTITY FULL ('O'), or
 		// when the key changed ('K': key columns, the others null).
-		return st.row(ctx, walStart, change.OpUpdate, m.RelationID, m.OldTuple, m.NewTuple)
+		return st.row(ctx, walStart, change.OpUpdate, m.RelationID, m.OldTuple, m.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld, m.NewTuple)
 	case pglogrepl.MessageTypeDelete:
 		var m pglogrepl.DeleteMessage
 		if err := m.Decode(data[1:]); err != nil {
 			return fmt.Errorf("decode DELETE: %w", err)
 		}
-		return st.row(ctx, walStart, change.OpDelete, m.RelationID, m.OldTuple, nil)
+		return st.row(ctx, walStart, change.OpDelete, m.RelationID, m.OldTuple, m.OldTupleType == pglogrepl.DeleteMessageTupleTypeOld, nil)
 	case pglogrepl.MessageTypeTruncate:
 		var m pglogrepl.TruncateMessage
 		if err := m.Decode(data[1:]); err != nil {
@@ -686,7 +721,10 @@ func (st *stream) values(dst []change.Value, rel *relation, tup *pglogrepl.Tuple
 			var err error
 			st.scratch, err = rel.convs[i](st.scratch, col.Data)
 			if err != nil {
-				return nil, fmt.Errorf("table %s.%s column %s: %w", rel.table.Schema, rel.table.Name, rel.table.Columns[i].Name, err)
+				// Re-reading the same WAL gives the same value: stop,
+				// naming it, rather than retry forever.
+				return nil, capture.Fatal(fmt.Errorf("table %s.%s column %s (%s): cannot convert the value: %w",
+					rel.table.Schema, rel.table.Name, rel.table.Columns[i].Name, rel.table.Columns[i].Type, err))
 			}
 			dst = append(dst, change.Value{Kind: change.Present, JSON: st.scratch[start:len(st.scratch):len(st.scratch)]})
 		default:
@@ -696,7 +734,10 @@ func (st *stream) values(dst []change.Value, rel *relation, tup *pglogrepl.Tuple
 	return dst, nil
 }
 
-func (st *stream) row(ctx context.Context, lsn pglogrepl.LSN, op change.Op, relID uint32, old, newTup *pglogrepl.TupleData) error {
+// row emits the events of one row change. old is the old tuple, when
+// sent; fullOld says it is the whole old row ('O', REPLICA IDENTITY FULL)
+// rather than only its key columns ('K', the others null).
+func (st *stream) row(ctx context.Context, lsn pglogrepl.LSN, op change.Op, relID uint32, old *pglogrepl.TupleData, fullOld bool, newTup *pglogrepl.TupleData) error {
 	rel, err := st.rel(relID)
 	if err != nil {
 		return err
@@ -715,10 +756,11 @@ func (st *stream) row(ctx context.Context, lsn pglogrepl.LSN, op change.Op, relI
 		}
 		st.after = after
 		// An unchanged TOASTed value is not sent; with REPLICA IDENTITY
-		// FULL the old row has it, so the after image is complete.
-		if before != nil {
+		// FULL the old row has it, so the after image is complete. (A
+		// key-only old tuple has nulls there: not a value to copy.)
+		if fullOld {
 			for i := range after {
-				if after[i].Kind == change.Unavailable && before[i].Kind != change.Unavailable {
+				if after[i].Kind == change.Unavailable && before[i].Kind == change.Present {
 					after[i] = before[i]
 				}
 			}
@@ -728,9 +770,7 @@ func (st *stream) row(ctx context.Context, lsn pglogrepl.LSN, op change.Op, relI
 		// A key change: Debezium's convention is a delete of the old key
 		// (and its tombstone) then a create under the new key, so
 		// compacted topics and per-key consumers stay right.
-		oldKey := st.enc.Key(&change.Event{Table: rel.table, Before: before})
-		newKey := st.enc.Key(&change.Event{Table: rel.table, After: after})
-		if string(oldKey) != string(newKey) {
+		if keyChanged(rel.table, before, after) {
 			st.ev = change.Event{Op: change.OpDelete, Table: rel.table, Before: before}
 			st.stamp(rel, lsn)
 			st.emit(ctx)
@@ -744,6 +784,16 @@ func (st *stream) row(ctx context.Context, lsn pglogrepl.LSN, op change.Op, relI
 	st.stamp(rel, lsn)
 	st.emit(ctx)
 	return st.maybeFlushFull(ctx)
+}
+
+// keyChanged reports whether any key column differs between the images.
+func keyChanged(t *change.Table, before, after []change.Value) bool {
+	for i, c := range t.Columns {
+		if c.Key && (before[i].Kind != after[i].Kind || !bytes.Equal(before[i].JSON, after[i].JSON)) {
+			return true
+		}
+	}
+	return false
 }
 
 // stamp fills the source and transaction metadata of st.ev.
@@ -871,7 +921,7 @@ func (st *stream) snapshotTable(ctx context.Context, conn *pgx.Conn, t tableRef,
 			st.scratch, err = rel.convs[i](st.scratch, v)
 			if err != nil {
 				rr.Close()
-				return n, fmt.Errorf("column %s: %w", tab.Columns[i].Name, err)
+				return n, capture.Fatal(fmt.Errorf("column %s (%s): cannot convert the value: %w", tab.Columns[i].Name, tab.Columns[i].Type, err))
 			}
 			after = append(after, change.Value{Kind: change.Present, JSON: st.scratch[start:len(st.scratch):len(st.scratch)]})
 		}

@@ -128,13 +128,21 @@ func convBytea(dst, text []byte) ([]byte, error) {
 	return append(dst, '"'), nil
 }
 
-// Special values with no number form are written as strings.
+// maxYear is the last year whose microseconds since 1970 fit in an int64
+// (PostgreSQL's timestamps reach 294276 AD).
+const maxYear = 294246
+
+// Special values with no number form are written as strings: infinities,
+// BC dates and years past maxYear.
 func special(dst, text []byte) ([]byte, bool) {
 	switch string(text) {
 	case "infinity", "-infinity":
 		return codec.AppendString(dst, text), true
 	}
 	if bytes.HasSuffix(text, []byte(" BC")) {
+		return codec.AppendString(dst, text), true
+	}
+	if y, _, _, _, ok := parseDate(text); ok && y > maxYear {
 		return codec.AppendString(dst, text), true
 	}
 	return dst, false
@@ -316,7 +324,7 @@ func parseOffset(b []byte) (int64, bool) {
 // arrayConv returns a converter for arrays whose elements convert with
 // elem: a PostgreSQL array literal becomes a JSON array (nested for
 // multi-dimensional arrays), NULL elements become null.
-func arrayConv(elem conv) conv {
+func arrayConv(elem conv, delim byte) conv {
 	return func(dst, text []byte) ([]byte, error) {
 		// A literal may start with dimension bounds: "[0:2]={1,2,3}".
 		if len(text) > 0 && text[0] == '[' {
@@ -324,7 +332,7 @@ func arrayConv(elem conv) conv {
 				text = text[i+1:]
 			}
 		}
-		out, rest, err := parseArray(dst, text, elem)
+		out, rest, err := parseArray(dst, text, elem, delim)
 		if err != nil {
 			return dst, fmt.Errorf("array %q: %w", text, err)
 		}
@@ -337,7 +345,7 @@ func arrayConv(elem conv) conv {
 
 var errArray = fmt.Errorf("malformed array literal")
 
-func parseArray(dst, b []byte, elem conv) ([]byte, []byte, error) {
+func parseArray(dst, b []byte, elem conv, delim byte) ([]byte, []byte, error) {
 	if len(b) == 0 || b[0] != '{' {
 		return dst, b, errArray
 	}
@@ -356,7 +364,7 @@ func parseArray(dst, b []byte, elem conv) ([]byte, []byte, error) {
 		case len(b) == 0:
 			return dst, b, errArray
 		case b[0] == '{':
-			dst, b, err = parseArray(dst, b, elem)
+			dst, b, err = parseArray(dst, b, elem, delim)
 		case b[0] == '"':
 			scratch = scratch[:0]
 			i := 1
@@ -373,7 +381,7 @@ func parseArray(dst, b []byte, elem conv) ([]byte, []byte, error) {
 			dst, err = elem(dst, scratch)
 		default:
 			i := 0
-			for i < len(b) && b[i] != ',' && b[i] != '}' {
+			for i < len(b) && b[i] != delim && b[i] != '}' {
 				i++
 			}
 			if i == 4 && string(b[:4]) == "NULL" {
@@ -392,7 +400,7 @@ func parseArray(dst, b []byte, elem conv) ([]byte, []byte, error) {
 		if b[0] == '}' {
 			return append(dst, ']'), b[1:], nil
 		}
-		if b[0] != ',' {
+		if b[0] != delim {
 			return dst, b, errArray
 		}
 		b = b[1:]

@@ -34,12 +34,15 @@ func TestConverters(t *testing.T) {
 		{convTimestamptz, "2026-11-22 13:14:15.5+02", `"2026-11-22T11:14:15.500000Z"`},
 		{convTimestamptz, "2026-11-22 13:14:15-03:30", `"2026-11-22T16:44:15.000000Z"`},
 		{convTimetz, "01:00:00+02", `"23:00:00.000000Z"`},
-		{arrayConv(convNumber), "{1,NULL,3}", "[1,null,3]"},
-		{arrayConv(convNumber), "{{1,2},{3,4}}", "[[1,2],[3,4]]"},
-		{arrayConv(convNumber), "[0:1]={5,6}", "[5,6]"},
-		{arrayConv(convNumber), "{}", "[]"},
-		{arrayConv(convString), `{"a b","c,d",NULL,"e\"f","NULL"}`, `["a b","c,d",null,"e\"f","NULL"]`},
-		{arrayConv(convDate), `{1970-01-02,NULL}`, `[1,null]`},
+		{arrayConv(convNumber, ','), "{1,NULL,3}", "[1,null,3]"},
+		{arrayConv(convNumber, ','), "{{1,2},{3,4}}", "[[1,2],[3,4]]"},
+		{arrayConv(convNumber, ','), "[0:1]={5,6}", "[5,6]"},
+		{arrayConv(convNumber, ','), "{}", "[]"},
+		{arrayConv(convString, ','), `{"a b","c,d",NULL,"e\"f","NULL"}`, `["a b","c,d",null,"e\"f","NULL"]`},
+		{arrayConv(convDate, ','), `{1970-01-02,NULL}`, `[1,null]`},
+		{arrayConv(convString, ';'), `{(1,1),(0,0);(2,2),(1,1)}`, `["(1,1),(0,0)","(2,2),(1,1)"]`},
+		{convTimestamp, "294276-12-31 23:59:59.999999", `"294276-12-31 23:59:59.999999"`},
+		{convTimestamptz, "294276-12-31 23:59:59.999999+00", `"294276-12-31 23:59:59.999999+00"`},
 	}
 	for _, c := range cases {
 		got, err := c.conv(nil, []byte(c.in))
@@ -57,7 +60,7 @@ func TestConverters(t *testing.T) {
 	for _, bad := range []struct {
 		conv conv
 		in   string
-	}{{convNumber, "1e5"}, {convBool, "yes"}, {convBytea, "ff"}, {convDate, "22/11/2026"}, {arrayConv(convNumber), "{1,2"}, {convTimestamptz, "2026-11-22 13:14:15"}} {
+	}{{convNumber, "1e5"}, {convBool, "yes"}, {convBytea, "ff"}, {convDate, "22/11/2026"}, {arrayConv(convNumber, ','), "{1,2"}, {convTimestamptz, "2026-11-22 13:14:15"}} {
 		if got, err := bad.conv(nil, []byte(bad.in)); err == nil {
 			t.Errorf("%q accepted as %s", bad.in, got)
 		}
@@ -69,7 +72,7 @@ func FuzzArray(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		out, err := arrayConv(convString)(nil, []byte(s))
+		out, err := arrayConv(convString, ',')(nil, []byte(s))
 		if err == nil && !json.Valid(out) {
 			t.Fatalf("%q -> invalid JSON %s", s, out)
 		}
