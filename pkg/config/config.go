@@ -60,7 +60,7 @@ type Kafka struct {
 	// MaxMessageBytes bounds one produce batch (and so one record); the
 	// topics' max.message.bytes must allow it.
 	MaxMessageBytes ByteSize `yaml:"max_message_bytes"`
-	Topics Topics        `yaml:"topics"`
+	Topics          Topics   `yaml:"topics"`
 	// Embedded configures the in-process broker (brokers: [embedded]).
 	Embedded EmbeddedBroker `yaml:"embedded"`
 }

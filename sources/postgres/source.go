@@ -122,8 +122,8 @@ func parsePosition(p change.Position) (pglogrepl.LSN, error) {
 // snapshotState is stored under snapshotKey once the initial snapshot of a
 // slot is delivered.
 type snapshotState struct {
-	Slot      string `json:"slot"`
-	Completed bool   `json:"completed"`
+	Slot      string   `json:"slot"`
+	Completed bool     `json:"completed"`
 	LSN       string   `json:"lsn"`
 	Tables    []string `json:"tables"`
 }
