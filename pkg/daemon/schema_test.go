@@ -57,7 +57,7 @@ func TestSchemaChangesWhileStreaming(t *testing.T) {
 }
 
 // TestQuietStreamDeliversLastTransaction commits one transaction and then
-// nothing: with no status due for minutes, the event must be handed over at
+// nothing: with no status due for 30 s, the event must be handed over at
 // once, not when the next message happens to arrive (here, a keepalive
 // after the server's next background WAL record, some 15 s later). The 5 s
 // bound is a thousand times the usual delivery time.
@@ -66,7 +66,7 @@ func TestQuietStreamDeliversLastTransaction(t *testing.T) {
 	e.exec("CREATE TABLE public.q (id int PRIMARY KEY)")
 	r := e.start(e.config([]string{"public.q"}, func(c *config.Config) {
 		c.Source.Snapshot = "never"
-		c.Source.StatusInterval = 5 * time.Minute
+		c.Source.StatusInterval = 30 * time.Second
 	}), daemon.Options{})
 	c := e.consume("test.public.q")
 	for i := 1; i <= 3; i++ {

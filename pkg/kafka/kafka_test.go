@@ -18,7 +18,7 @@ func TestStoreSaveLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	cfg := config.Kafka{ClientID: "t", Compression: "lz4", Linger: time.Millisecond}
+	cfg := config.Kafka{ClientID: "t", Compression: "lz4", Linger: time.Millisecond, MaxMessageBytes: 1 << 20}
 	cl, err := NewClient(cfg, c.ListenAddrs(), 1<<20, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
