@@ -90,6 +90,9 @@ type Capture struct {
 	// publisher.
 	BatchRecords int      `yaml:"batch_records"`
 	BatchBytes   ByteSize `yaml:"batch_bytes"`
+	// Linger is how long a batch waits for more transactions once the
+	// source has nothing more to read; 0 hands it over at once.
+	Linger *time.Duration `yaml:"linger"`
 }
 
 // HTTP serves /metrics, /healthz and /readyz.
@@ -166,6 +169,10 @@ func (c *Config) Defaults() {
 	}
 	if c.Capture.BatchRecords == 0 {
 		c.Capture.BatchRecords = 2048
+	}
+	if c.Capture.Linger == nil {
+		d := time.Millisecond
+		c.Capture.Linger = &d
 	}
 	if c.Capture.BatchBytes == 0 {
 		c.Capture.BatchBytes = 1 << 20
@@ -326,6 +333,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Capture.BatchBytes < 1<<10 || c.Capture.BatchBytes > c.Capture.MaxInFlightBytes {
 		add("capture.batch_bytes", "must be between 1KiB and capture.max_inflight_bytes")
+	}
+	if l := *c.Capture.Linger; l < 0 || l > 100*time.Millisecond {
+		add("capture.linger", "%s: must be between 0 and 100ms", l)
 	}
 	if c.HTTP.Listen != "off" {
 		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {

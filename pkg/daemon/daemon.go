@@ -56,6 +56,7 @@ func newPostgres(d Deps) (capture.Source, error) {
 		StatusInterval: c.Source.StatusInterval,
 		BatchRecords:   c.Capture.BatchRecords,
 		BatchBytes:     int(c.Capture.BatchBytes),
+		Linger:         *c.Capture.Linger,
 		Version:        Version,
 	}, d.Store, d.Log.Named("postgres"), postgres.Gauges{
 		LagBytes:     d.Metrics.SourceLagBytes.WithLabelValues(name),

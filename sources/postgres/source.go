@@ -44,7 +44,10 @@ type Config struct {
 	StatusInterval time.Duration
 	BatchRecords   int
 	BatchBytes     int
-	Version        string // Tideline's version, for source.version
+	// Linger is how long a batch waits for more transactions once the
+	// stream has nothing more to read (0 hands it over at once).
+	Linger  time.Duration
+	Version string // Tideline's version, for source.version
 }
 
 // Gauges the source keeps up to date; any may be nil.
@@ -330,6 +333,9 @@ type stream struct {
 
 	nextStatus time.Time
 	confirmed  pglogrepl.LSN
+	// lingerUntil, when set, is when a pending batch is handed over if
+	// nothing more arrives.
+	lingerUntil time.Time
 
 	// reusable decode state
 	ev      change.Event
@@ -366,7 +372,11 @@ func (st *stream) run(ctx context.Context) error {
 		if err := st.maybeSendStatus(time.Now()); err != nil {
 			return err
 		}
-		_ = netConn.SetReadDeadline(st.nextStatus)
+		deadline := st.nextStatus
+		if !st.lingerUntil.IsZero() && st.lingerUntil.Before(deadline) {
+			deadline = st.lingerUntil
+		}
+		_ = netConn.SetReadDeadline(deadline)
 		// Checked after setting the deadline: a cancellation that comes
 		// later moves the deadline to now, so the read cannot block past it.
 		if ctx.Err() != nil {
@@ -380,6 +390,12 @@ func (st *stream) run(ctx context.Context) error {
 			return st.shutdown()
 		}
 		if pgconn.Timeout(err) {
+			if !st.lingerUntil.IsZero() && !time.Now().Before(st.lingerUntil) {
+				// Nothing more came while lingering: hand over.
+				if err := st.flush(ctx); err != nil {
+					return err
+				}
+			}
 			continue
 		}
 		return err
@@ -403,12 +419,21 @@ func (st *stream) receive(ctx context.Context) error {
 		case *pgproto3.CopyDone:
 			return errors.New("replication stream ended by the server")
 		}
-		// Outside a transaction, hand over what was read as soon as
-		// nothing more is waiting: batches stay large under load, and a
-		// quiet stream's last transaction does not wait for more traffic.
+		// Outside a transaction, with nothing more in the read buffer,
+		// wait up to capture.linger for more before handing over: small
+		// transactions arriving back to back share a batch, and a quiet
+		// stream's last transaction still goes out within the linger, not
+		// when more traffic happens to come.
 		if !st.inTx && (len(st.batch.Records) > 0 || st.batch.Checkpoint != "") && st.rconn.Frontend().ReadBufferLen() == 0 {
-			if err := st.flush(ctx); err != nil {
-				return err
+			now := time.Now()
+			switch {
+			case st.s.cfg.Linger <= 0 || (!st.lingerUntil.IsZero() && !now.Before(st.lingerUntil)):
+				if err := st.flush(ctx); err != nil {
+					return err
+				}
+			case st.lingerUntil.IsZero():
+				st.lingerUntil = now.Add(st.s.cfg.Linger)
+				return nil // the run loop sets the read deadline to it
 			}
 		}
 		if time.Now().After(st.nextStatus) {
@@ -483,6 +508,7 @@ func (st *stream) flush(ctx context.Context) error {
 		}
 	}
 	st.batch.Reset() // the handler keeps no reference to the batch
+	st.lingerUntil = time.Time{}
 	return nil
 }
 
