@@ -313,3 +313,36 @@ func TestKillDuringSnapshot(t *testing.T) {
 	}
 	p.term(60 * time.Second)
 }
+
+// TestPostgresRestart kills PostgreSQL under a running pipeline: Tideline
+// stays up, reconnects by itself from the slot's confirmed position, and
+// every committed change arrives.
+func TestPostgresRestart(t *testing.T) {
+	e := newEnv(t)
+	e.exec("CREATE TABLE public.r (id int PRIMARY KEY)")
+	r := e.start(e.config([]string{"public.r"}, func(c *config.Config) { c.Source.Snapshot = "never" }), daemon.Options{})
+	e.exec("INSERT INTO public.r SELECT generate_series(1, 100)")
+	e.pg.Kill()
+	if err := e.pg.Restart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e.exec("INSERT INTO public.r SELECT generate_series(101, 200)")
+	c := e.consume("test.public.r")
+	ms := c.poll(200, 90*time.Second, isEvent)
+	ids := map[string]bool{}
+	for _, m := range ms {
+		ids[fmt.Sprint(m.Key["id"])] = true
+	}
+	if len(ids) != 200 {
+		t.Errorf("%d distinct rows after the restart, want 200", len(ids))
+	}
+	select {
+	case err := <-r.done:
+		t.Fatalf("daemon exited on a PostgreSQL restart: %v", err)
+	default:
+	}
+	if n := testutil.ToFloat64(r.metrics.Errors.WithLabelValues("test", "source")); n < 1 {
+		t.Errorf("tideline_errors_total{component=source} = %v, want the lost connection counted", n)
+	}
+	r.stop(t)
+}
