@@ -5,6 +5,7 @@ package config
 
 import (
 	"fmt"
+	"hash/crc32"
 	"net"
 	"net/url"
 	"os"
@@ -40,9 +41,12 @@ type Source struct {
 	// Slot and Publication default to tideline_<name>.
 	Slot        string `yaml:"slot"`
 	Publication string `yaml:"publication"`
-	// StatusInterval is how often the slot's confirmed position is sent
-	// to the server (and a reply asked for when idle).
+	// StatusInterval is how often the confirmed position is sent to the
+	// server (PostgreSQL, asking for a reply when idle) or stored (MySQL).
 	StatusInterval time.Duration `yaml:"status_interval"`
+	// ServerID is the replica id a MySQL source registers with; unique
+	// among the server's replicas. Default: derived from the name.
+	ServerID uint32 `yaml:"server_id"`
 }
 
 // Kafka is where changes go.
@@ -124,6 +128,9 @@ func (c *Config) Defaults() {
 	}
 	if c.Source.Publication == "" {
 		c.Source.Publication = "tideline_" + safe
+	}
+	if c.Source.ServerID == 0 {
+		c.Source.ServerID = 1_000_000 + crc32.ChecksumIEEE([]byte(c.Name))%1_000_000_000
 	}
 	if c.Source.StatusInterval == 0 {
 		c.Source.StatusInterval = 10 * time.Second
@@ -241,17 +248,23 @@ func (c *Config) Validate() error {
 	}
 	switch c.Source.Type {
 	case "postgres":
+		if c.Source.DSN == "" {
+			add("source.dsn", "is required (postgres://user:pass@host:port/db)")
+		} else if u, err := url.Parse(string(c.Source.DSN)); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+			add("source.dsn", "must be a postgres:// URL")
+		} else if strings.Trim(u.Path, "/") == "" {
+			add("source.dsn", "must name a database (postgres://host:port/DB)")
+		}
+	case "mysql":
+		if c.Source.DSN == "" {
+			add("source.dsn", "is required (mysql://user:pass@host:port/db)")
+		} else if u, err := url.Parse(string(c.Source.DSN)); err != nil || u.Scheme != "mysql" || u.Host == "" {
+			add("source.dsn", "must be a mysql://user:pass@host:port/db URL")
+		}
 	case "":
-		add("source.type", "is required (postgres)")
+		add("source.type", "is required (postgres or mysql)")
 	default:
-		add("source.type", "%q is not a known source type (postgres)", c.Source.Type)
-	}
-	if c.Source.DSN == "" {
-		add("source.dsn", "is required (postgres://user:pass@host:port/db)")
-	} else if u, err := url.Parse(string(c.Source.DSN)); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		add("source.dsn", "must be a postgres:// URL")
-	} else if strings.Trim(u.Path, "/") == "" {
-		add("source.dsn", "must name a database (postgres://host:port/DB)")
+		add("source.type", "%q is not a known source type (postgres or mysql)", c.Source.Type)
 	}
 	if len(c.Source.Tables) == 0 {
 		add("source.tables", "list at least one schema.table (wildcards '*' allowed)")

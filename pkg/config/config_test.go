@@ -53,7 +53,7 @@ func TestParseReportsEveryProblemWithItsPath(t *testing.T) {
 	_, err := Parse([]byte(`
 name: "bad name!"
 source:
-  type: mysql
+  type: oracle
   dsn: ${TL_SURELY_UNSET}
   tables: [nodot]
   snapshot: sometimes
@@ -72,7 +72,7 @@ capture:
 	}
 	want := map[string]string{
 		"name":                       "letters, digits",
-		"source.type":                `"mysql" is not a known source type`,
+		"source.type":                `"oracle" is not a known source type`,
 		"source.dsn":                 "TL_SURELY_UNSET is not set",
 		"source.tables[0]":           `"nodot" is not schema.table`,
 		"source.snapshot":            "use initial or never",

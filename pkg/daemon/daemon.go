@@ -18,6 +18,7 @@ import (
 	"github.com/tideline-cdc/tideline/pkg/config"
 	"github.com/tideline-cdc/tideline/pkg/kafka"
 	"github.com/tideline-cdc/tideline/pkg/observe"
+	"github.com/tideline-cdc/tideline/sources/mysql"
 	"github.com/tideline-cdc/tideline/sources/postgres"
 )
 
@@ -39,6 +40,25 @@ type SourceFactory func(Deps) (capture.Source, error)
 // Sources is the registry of source types, by source.type.
 var Sources = map[string]SourceFactory{
 	"postgres": newPostgres,
+	"mysql":    newMySQL,
+}
+
+func newMySQL(d Deps) (capture.Source, error) {
+	c := d.Config
+	return mysql.New(mysql.Config{
+		Name:           c.Kafka.TopicPrefix,
+		DSN:            string(c.Source.DSN),
+		Tables:         c.Source.Tables,
+		Snapshot:       c.Source.Snapshot,
+		ServerID:       c.Source.ServerID,
+		TopicPrefix:    c.Kafka.TopicPrefix,
+		Tombstones:     c.Kafka.TombstonesOn(),
+		StatusInterval: c.Source.StatusInterval,
+		BatchRecords:   c.Capture.BatchRecords,
+		BatchBytes:     int(c.Capture.BatchBytes),
+		Linger:         *c.Capture.Linger,
+		Version:        Version,
+	}, d.Store, d.Log.Named("mysql")), nil
 }
 
 func newPostgres(d Deps) (capture.Source, error) {

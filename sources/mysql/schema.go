@@ -1,0 +1,272 @@
+package mysql
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
+	gmysql "github.com/go-mysql-org/go-mysql/mysql"
+	"go.uber.org/zap"
+
+	"github.com/tideline-cdc/tideline/pkg/capture"
+	"github.com/tideline-cdc/tideline/pkg/change"
+	"github.com/tideline-cdc/tideline/pkg/codec"
+)
+
+// table is a captured table's shape.
+type table struct {
+	name string // db.table
+	cols []column
+	t    *change.Table
+}
+
+// errMissing says a table no longer exists.
+type errMissing struct{ name string }
+
+func (e errMissing) Error() string { return "table " + e.name + " does not exist" }
+
+// checkServer verifies the binlog settings and privileges and returns the
+// server's flavor (mysql or mariadb).
+func checkServer(conn *client.Conn, serverID uint32) (string, error) {
+	flavor := gmysql.MySQLFlavor
+	if strings.Contains(strings.ToLower(conn.GetServerVersion()), "mariadb") {
+		flavor = gmysql.MariaDBFlavor
+	}
+	vars := map[string]string{}
+	r, err := conn.Execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', 'binlog_row_image', 'server_id')")
+	if err != nil {
+		return "", fmt.Errorf("read server variables: %w", err)
+	}
+	for i := range r.Values {
+		k, _ := r.GetString(i, 0)
+		v, _ := r.GetString(i, 1)
+		vars[strings.ToLower(k)] = strings.ToUpper(v)
+	}
+	var problems []string
+	if vars["log_bin"] != "ON" && vars["log_bin"] != "1" {
+		problems = append(problems, "the binary log is off: start the server with log_bin (e.g. log_bin = mysql-bin in my.cnf) and restart it")
+	}
+	if vars["binlog_format"] != "ROW" {
+		problems = append(problems, fmt.Sprintf("binlog_format is %s: row events are needed: SET GLOBAL binlog_format = 'ROW' (and in my.cnf)", vars["binlog_format"]))
+	}
+	if img := vars["binlog_row_image"]; img != "" && img != "FULL" {
+		problems = append(problems, fmt.Sprintf("binlog_row_image is %s: full before and after images are needed: SET GLOBAL binlog_row_image = 'FULL' (and in my.cnf)", img))
+	}
+	if vars["server_id"] == fmt.Sprint(serverID) {
+		problems = append(problems, fmt.Sprintf("source.server_id %d is the server's own server_id: choose another, unique among its replicas", serverID))
+	}
+	grants, err := conn.Execute("SHOW GRANTS")
+	if err != nil {
+		return "", fmt.Errorf("read grants: %w", err)
+	}
+	var all strings.Builder
+	for i := range grants.Values {
+		g, _ := grants.GetString(i, 0)
+		all.WriteString(strings.ToUpper(g) + "\n")
+	}
+	gs := all.String()
+	has := func(p ...string) bool {
+		for _, x := range p {
+			if strings.Contains(gs, x) {
+				return true
+			}
+		}
+		return false
+	}
+	if !has("ALL PRIVILEGES", "REPLICATION SLAVE", "REPLICATION REPLICA") {
+		problems = append(problems, "the user lacks REPLICATION SLAVE: GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO <user>")
+	}
+	if !has("ALL PRIVILEGES", "REPLICATION CLIENT", "BINLOG MONITOR") {
+		problems = append(problems, "the user lacks REPLICATION CLIENT (BINLOG MONITOR on MariaDB): GRANT REPLICATION CLIENT ON *.* TO <user>")
+	}
+	if len(problems) > 0 {
+		return "", capture.Fatal(errors.New(strings.Join(problems, "; ")))
+	}
+	return flavor, nil
+}
+
+// resolveTables expands db.table patterns ('*' wildcards) into the base
+// tables they match, each as "db.table".
+func resolveTables(conn *client.Conn, patterns []string) ([]string, error) {
+	seen := map[string]bool{}
+	var out, problems []string
+	for _, p := range patterns {
+		db, t, _ := strings.Cut(p, ".")
+		r, err := conn.Execute(`SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES
+			WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA LIKE ? AND TABLE_NAME LIKE ?
+			AND TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')
+			ORDER BY 1, 2`, like(db), like(t))
+		if err != nil {
+			return nil, fmt.Errorf("look up tables %q: %w", p, err)
+		}
+		if len(r.Values) == 0 {
+			problems = append(problems, fmt.Sprintf("source.tables: %q matches no table (db.table; does it exist?)", p))
+		}
+		for i := range r.Values {
+			d, _ := r.GetString(i, 0)
+			n, _ := r.GetString(i, 1)
+			if name := d + "." + n; !seen[name] {
+				seen[name] = true
+				out = append(out, name)
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return nil, capture.Fatal(errors.New(strings.Join(problems, "; ")))
+	}
+	return out, nil
+}
+
+func like(p string) string {
+	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`, `*`, `%`).Replace(p)
+}
+
+// loadTable reads a table's columns, in order, from information_schema.
+func loadTable(conn *client.Conn, name, prefix string) (*table, error) {
+	db, t, _ := strings.Cut(name, ".")
+	r, err := conn.Execute(`SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, COALESCE(CHARACTER_SET_NAME, ''), COLUMN_KEY
+		FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION`, db, t)
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s: %w", name, err)
+	}
+	if len(r.Values) == 0 {
+		return nil, errMissing{name}
+	}
+	tab := &table{name: name, t: &change.Table{Database: db, Name: t, Topic: prefix + "." + db + "." + t}}
+	for i := range r.Values {
+		col, _ := r.GetString(i, 0)
+		dt, _ := r.GetString(i, 1)
+		ct, _ := r.GetString(i, 2)
+		cs, _ := r.GetString(i, 3)
+		key, _ := r.GetString(i, 4)
+		c := newColumn(col, dt, ct, cs, key == "PRI")
+		tab.cols = append(tab.cols, c)
+		tab.t.Columns = append(tab.t.Columns, change.Column{Name: col, Type: ct, Key: c.key})
+		tab.t.HasKey = tab.t.HasKey || c.key
+	}
+	return tab, nil
+}
+
+// masterStatus reads the current binlog position.
+func masterStatus(conn *client.Conn, flavor string) (position, error) {
+	r, err := conn.Execute("SHOW MASTER STATUS")
+	if err != nil {
+		return position{}, fmt.Errorf("read the binlog position (SHOW MASTER STATUS needs REPLICATION CLIENT): %w", err)
+	}
+	if len(r.Values) == 0 {
+		return position{}, capture.Fatal(errors.New("SHOW MASTER STATUS is empty: the binary log is off"))
+	}
+	var p position
+	p.File, _ = r.GetString(0, 0)
+	pos, _ := r.GetUint(0, 1)
+	p.Pos = uint32(pos)
+	q := "SELECT @@GLOBAL.gtid_executed"
+	if flavor == gmysql.MariaDBFlavor {
+		q = "SELECT @@GLOBAL.gtid_binlog_pos"
+	}
+	if g, err := conn.Execute(q); err == nil && len(g.Values) > 0 {
+		p.GTID, _ = g.GetString(0, 0)
+	}
+	return p, nil
+}
+
+// snapshot reads every table in one consistent-snapshot transaction, whose
+// binlog position is read under a brief global read lock, and hands the
+// rows over as op "r". It returns that position: the stream starts there,
+// with no gap and no overlap.
+func (s *Source) snapshot(ctx context.Context, ep endpoint, h capture.Handler, tables map[string]*table) (position, error) {
+	conn, err := s.connect(ctx, ep)
+	if err != nil {
+		return position{}, err
+	}
+	defer conn.Close()
+	flavor := gmysql.MySQLFlavor
+	if strings.Contains(strings.ToLower(conn.GetServerVersion()), "mariadb") {
+		flavor = gmysql.MariaDBFlavor
+	}
+	if _, err := conn.Execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"); err != nil {
+		return position{}, err
+	}
+	locked := time.Now()
+	if _, err := conn.Execute("FLUSH TABLES WITH READ LOCK"); err != nil {
+		return position{}, capture.Fatal(fmt.Errorf("FLUSH TABLES WITH READ LOCK (needs the RELOAD privilege): %w", err))
+	}
+	if _, err := conn.Execute("START TRANSACTION WITH CONSISTENT SNAPSHOT"); err != nil {
+		_, _ = conn.Execute("UNLOCK TABLES")
+		return position{}, err
+	}
+	pos, err := masterStatus(conn, flavor)
+	if _, uerr := conn.Execute("UNLOCK TABLES"); uerr != nil && err == nil {
+		err = uerr
+	}
+	if err != nil {
+		return position{}, err
+	}
+	s.log.Info("snapshot position read under a global read lock", zap.Duration("lock_held", time.Since(locked)),
+		zap.String("file", pos.File), zap.Uint32("pos", pos.Pos), zap.String("gtid", pos.GTID))
+	pos.Snapshot = true
+
+	enc := codec.NewEncoder(s.cfg.Version)
+	b := &change.Batch{}
+	var scratch []byte
+	var after []change.Value
+	now := time.Now().UnixMilli()
+	first := true
+	var total int64
+	for name, tab := range tables {
+		db, t, _ := strings.Cut(name, ".")
+		var res gmysql.Result
+		err := conn.ExecuteSelectStreaming(fmt.Sprintf("SELECT * FROM `%s`.`%s`", strings.ReplaceAll(db, "`", "``"), strings.ReplaceAll(t, "`", "``")), &res,
+			func(row []gmysql.FieldValue) error {
+				scratch = scratch[:0]
+				after = after[:0]
+				for i := range row {
+					v := row[i].Value()
+					if v == nil {
+						after = append(after, change.Value{})
+						continue
+					}
+					start := len(scratch)
+					var err error
+					scratch, err = appendValue(scratch, &tab.cols[i], v)
+					if err != nil {
+						return capture.Fatal(fmt.Errorf("table %s column %s (%s): cannot convert the value: %w", name, tab.cols[i].name, tab.cols[i].colType, err))
+					}
+					after = append(after, change.Value{Kind: change.Present, JSON: scratch[start:len(scratch):len(scratch)]})
+				}
+				snap := "true"
+				if first {
+					snap, first = "first", false
+				}
+				ev := change.Event{Op: change.OpRead, Table: tab.t, After: after, Source: change.Source{Connector: "mysql", Name: s.cfg.Name, TsMs: now, Snapshot: snap}}
+				b.Add(change.Record{Topic: tab.t.Topic, Key: enc.Key(&ev), Value: enc.Value(&ev, now), Table: tab.t, Op: change.OpRead})
+				total++
+				if len(b.Records) >= s.cfg.BatchRecords || b.Bytes >= s.cfg.BatchBytes {
+					if err := h.Handle(ctx, b); err != nil {
+						return err
+					}
+					b.Reset()
+				}
+				return nil
+			}, nil)
+		if err != nil {
+			return position{}, fmt.Errorf("read %s: %w", name, err)
+		}
+	}
+	if _, err := conn.Execute("COMMIT"); err != nil {
+		return position{}, err
+	}
+	if len(b.Records) > 0 {
+		if err := h.Handle(ctx, b); err != nil {
+			return position{}, err
+		}
+	}
+	if err := h.Drain(ctx); err != nil {
+		return position{}, err
+	}
+	s.log.Info("initial snapshot delivered", zap.Int64("rows", total), zap.Int("tables", len(tables)))
+	return pos, nil
+}

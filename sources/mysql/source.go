@@ -1,0 +1,481 @@
+// Package mysql captures changes from MySQL and MariaDB binlogs (ROW
+// format) through go-mysql's replication package.
+//
+// The checkpoint is a binlog position (file and offset, with the GTID set
+// when the server has one) kept in the pipeline's offsets topic: it moves
+// only to the end of a transaction whose events, and every event before
+// them, Kafka acknowledged (the pipeline calls Commit, a saver goroutine
+// stores the newest one).
+package mysql
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
+	gmysql "github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tideline-cdc/tideline/pkg/capture"
+	"github.com/tideline-cdc/tideline/pkg/change"
+	"github.com/tideline-cdc/tideline/pkg/checkpoint"
+	"github.com/tideline-cdc/tideline/pkg/codec"
+	"github.com/tideline-cdc/tideline/pkg/config"
+)
+
+// Config is what the source needs from the pipeline's config.
+type Config struct {
+	Name           string // pipeline name (envelope source.name)
+	DSN            string // mysql://user:pass@host:port/db
+	Tables         []string
+	Snapshot       string // initial | never
+	ServerID       uint32
+	TopicPrefix    string
+	Tombstones     bool
+	StatusInterval time.Duration // how often the position is stored
+	BatchRecords   int
+	BatchBytes     int
+	Linger         time.Duration
+	Version        string
+}
+
+// Source is a MySQL/MariaDB binlog source.
+type Source struct {
+	cfg   Config
+	store checkpoint.Store
+	log   *zap.Logger
+
+	// committed is the newest delivered position (JSON), set by Commit
+	// from producer goroutines and stored by the saver.
+	committed atomic.Pointer[change.Position]
+	streaming atomic.Bool
+	connected atomic.Bool
+}
+
+var _ capture.Source = (*Source)(nil)
+
+// New returns a source; store keeps its position.
+func New(cfg Config, store checkpoint.Store, log *zap.Logger) *Source {
+	return &Source{cfg: cfg, store: store, log: log}
+}
+
+// Commit implements capture.Source.
+func (s *Source) Commit(pos change.Position) { s.committed.Store(&pos) }
+
+// Streaming reports whether the source is reading the binlog.
+func (s *Source) Streaming() bool { return s.streaming.Load() }
+
+// position is a binlog position at a transaction boundary.
+type position struct {
+	File string `json:"file"`
+	Pos  uint32 `json:"pos"`
+	// GTID is the server's executed GTID set at this point, when it has
+	// one (MariaDB domain-server-seq or MySQL uuid:interval form).
+	GTID string `json:"gtid,omitempty"`
+	// Snapshot marks the position the initial snapshot handed off at.
+	Snapshot bool `json:"snapshot,omitempty"`
+}
+
+func (p position) encode() change.Position {
+	b, _ := json.Marshal(p)
+	return change.Position(b)
+}
+
+func (s *Source) positionKey() string { return "mysql/" + s.cfg.Name + "/position" }
+
+// endpoint is the parsed DSN.
+type endpoint struct {
+	addr, user, password, db string
+	host                     string
+	port                     uint16
+}
+
+func parseDSN(dsn string) (endpoint, error) {
+	u, err := url.Parse(dsn)
+	if err != nil || u.Scheme != "mysql" {
+		return endpoint{}, fmt.Errorf("source.dsn: want mysql://user:pass@host:port/db")
+	}
+	e := endpoint{user: u.User.Username(), db: strings.Trim(u.Path, "/"), host: u.Hostname()}
+	e.password, _ = u.User.Password()
+	port := u.Port()
+	if port == "" {
+		port = "3306"
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return endpoint{}, fmt.Errorf("source.dsn: bad port %q", port)
+	}
+	e.port = uint16(p)
+	e.addr = net.JoinHostPort(e.host, port)
+	return e, nil
+}
+
+func (s *Source) connect(ctx context.Context, ep endpoint) (*client.Conn, error) {
+	conn, err := client.ConnectWithContext(ctx, ep.addr, ep.user, ep.password, "", 10*time.Second)
+	if err != nil {
+		err = fmt.Errorf("connect to MySQL at %s: %w", config.Redact(s.cfg.DSN), err)
+		if !s.connected.Load() {
+			return nil, capture.Fatal(err)
+		}
+		return nil, err
+	}
+	s.connected.Store(true)
+	// Snapshot values must read like the binlog's: TIMESTAMPs in UTC.
+	if _, err := conn.Execute("SET time_zone = '+00:00'"); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("set session time zone: %w", err)
+	}
+	return conn, nil
+}
+
+// Run implements capture.Source.
+func (s *Source) Run(ctx context.Context, h capture.Handler) error {
+	ep, err := parseDSN(s.cfg.DSN)
+	if err != nil {
+		return capture.Fatal(err)
+	}
+	conn, err := s.connect(ctx, ep)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	flavor, err := checkServer(conn, s.cfg.ServerID)
+	if err != nil {
+		return err
+	}
+	tables, err := resolveTables(conn, s.cfg.Tables)
+	if err != nil {
+		return err
+	}
+	schemas := map[string]*table{}
+	for _, t := range tables {
+		tab, err := loadTable(conn, t, s.cfg.TopicPrefix)
+		if err != nil {
+			return err
+		}
+		schemas[t] = tab
+	}
+
+	var start position
+	raw, err := s.store.Load(ctx, s.positionKey())
+	if err != nil {
+		return fmt.Errorf("load binlog position: %w", err)
+	}
+	if raw != nil {
+		if err := json.Unmarshal(raw, &start); err != nil {
+			return capture.Fatal(fmt.Errorf("stored position %s is corrupt: %w", s.positionKey(), err))
+		}
+	} else if s.cfg.Snapshot == "initial" {
+		if start, err = s.snapshot(ctx, ep, h, schemas); err != nil {
+			return fmt.Errorf("initial snapshot: %w", err)
+		}
+		if err := s.store.Save(ctx, s.positionKey(), []byte(start.encode())); err != nil {
+			return fmt.Errorf("store the snapshot's position: %w", err)
+		}
+	} else {
+		if start, err = masterStatus(conn, flavor); err != nil {
+			return err
+		}
+	}
+
+	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+		ServerID:                s.cfg.ServerID,
+		Flavor:                  flavor,
+		Host:                    ep.host,
+		Port:                    ep.port,
+		User:                    ep.user,
+		Password:                ep.password,
+		UseDecimal:              true,
+		TimestampStringLocation: time.UTC,
+		HeartbeatPeriod:         min(s.cfg.StatusInterval, 10*time.Second),
+		ReadTimeout:             time.Minute,
+		MaxReconnectAttempts:    1,
+		Logger:                  nil,
+	})
+	defer syncer.Close()
+	streamer, err := syncer.StartSync(gmysql.Position{Name: start.File, Pos: start.Pos})
+	if err != nil {
+		return fmt.Errorf("start binlog dump at %s:%d: %w", start.File, start.Pos, err)
+	}
+	s.streaming.Store(true)
+	defer s.streaming.Store(false)
+	s.log.Info("streaming binlog", zap.String("file", start.File), zap.Uint32("pos", start.Pos), zap.String("gtid", start.GTID), zap.Int("tables", len(tables)))
+
+	g, gctx := errgroup.WithContext(ctx)
+	saved := change.Position(start.encode())
+	g.Go(func() error { return s.saver(gctx, saved) })
+	g.Go(func() error {
+		st := &stream{s: s, h: h, tables: schemas, conn: conn, enc: codec.NewEncoder(s.cfg.Version),
+			batch: &change.Batch{}, file: start.File, gtid: start.GTID}
+		err := st.run(gctx, streamer)
+		if gctx.Err() != nil && ctx.Err() != nil {
+			// Stopping: hand over, drain, and store the final position.
+			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := st.flush(sctx); err != nil {
+				return err
+			}
+			if err := h.Drain(sctx); err != nil {
+				return err
+			}
+			return s.saveCommitted(sctx, &saved)
+		}
+		return err
+	})
+	err = g.Wait()
+	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
+		return nil
+	}
+	return err
+}
+
+// saver stores the newest committed position every status interval.
+func (s *Source) saver(ctx context.Context, saved change.Position) error {
+	t := time.NewTicker(s.cfg.StatusInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := s.saveCommitted(ctx, &saved); err != nil && ctx.Err() == nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *Source) saveCommitted(ctx context.Context, saved *change.Position) error {
+	p := s.committed.Load()
+	if p == nil || *p == *saved {
+		return nil
+	}
+	if err := s.store.Save(ctx, s.positionKey(), []byte(*p)); err != nil {
+		return fmt.Errorf("store binlog position: %w", err)
+	}
+	*saved = *p
+	return nil
+}
+
+// stream turns binlog events into batches.
+type stream struct {
+	s      *Source
+	h      capture.Handler
+	tables map[string]*table // "db.table"
+	conn   *client.Conn
+	enc    *codec.Encoder
+	batch  *change.Batch
+
+	file     string
+	gtid     string
+	inTx     bool
+	txOrder  int64
+	ts       int64 // event timestamp, ms
+	lastHand time.Time
+
+	ev      change.Event
+	before  []change.Value
+	after   []change.Value
+	scratch []byte
+}
+
+func (st *stream) run(ctx context.Context, streamer *replication.BinlogStreamer) error {
+	tick := st.s.cfg.Linger
+	if tick <= 0 {
+		tick = time.Millisecond
+	}
+	for {
+		// One deadline per wait: an event that arrives resets nothing, a
+		// quiet stream wakes up to hand over what it holds.
+		wctx, cancel := context.WithTimeout(ctx, tick)
+		ev, err := streamer.GetEvent(wctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				if !st.inTx && (len(st.batch.Records) > 0 || (st.batch.Checkpoint != "" && time.Since(st.lastHand) > time.Second)) {
+					if err := st.flush(ctx); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			return fmt.Errorf("read binlog: %w", err)
+		}
+		if err := st.event(ctx, ev); err != nil {
+			return err
+		}
+	}
+}
+
+func (st *stream) event(ctx context.Context, ev *replication.BinlogEvent) error {
+	st.ts = int64(ev.Header.Timestamp) * 1000
+	switch e := ev.Event.(type) {
+	case *replication.RotateEvent:
+		st.file = string(e.NextLogName)
+	case *replication.QueryEvent:
+		q := strings.TrimSpace(string(e.Query))
+		switch strings.ToUpper(q) {
+		case "BEGIN":
+			st.inTx, st.txOrder = true, 0
+			if st.batch.CommitMicros == 0 {
+				st.batch.CommitMicros = int64(ev.Header.Timestamp) * 1e6
+			}
+			return nil
+		case "COMMIT": // a transaction on a non-transactional engine
+			return st.commit(ctx, ev.Header.LogPos, e.GSet)
+		}
+		// DDL: take the new shape of the captured tables it names, then
+		// checkpoint after it (a DDL statement is its own transaction).
+		if err := st.ddl(string(e.Schema), q); err != nil {
+			return err
+		}
+		return st.commit(ctx, ev.Header.LogPos, e.GSet)
+	case *replication.XIDEvent:
+		return st.commit(ctx, ev.Header.LogPos, e.GSet)
+	case *replication.RowsEvent:
+		return st.rows(ctx, ev.Header.EventType, e)
+	}
+	return nil
+}
+
+func (st *stream) commit(ctx context.Context, logPos uint32, gset gmysql.GTIDSet) error {
+	st.inTx = false
+	p := position{File: st.file, Pos: logPos}
+	if gset != nil {
+		p.GTID = gset.String()
+	}
+	st.batch.Checkpoint = p.encode()
+	if len(st.batch.Records) >= st.s.cfg.BatchRecords || st.batch.Bytes >= st.s.cfg.BatchBytes {
+		return st.flush(ctx)
+	}
+	return nil
+}
+
+func (st *stream) flush(ctx context.Context) error {
+	b := st.batch
+	if len(b.Records) == 0 && b.Checkpoint == "" {
+		return nil
+	}
+	if err := st.h.Handle(ctx, b); err != nil {
+		return err
+	}
+	b.Reset()
+	st.lastHand = time.Now()
+	return nil
+}
+
+func (st *stream) rows(ctx context.Context, et replication.EventType, e *replication.RowsEvent) error {
+	tab, ok := st.tables[string(e.Table.Schema)+"."+string(e.Table.Table)]
+	if !ok {
+		return nil
+	}
+	var op change.Op
+	step := 1
+	switch et {
+	case replication.WRITE_ROWS_EVENTv0, replication.WRITE_ROWS_EVENTv1, replication.WRITE_ROWS_EVENTv2:
+		op = change.OpCreate
+	case replication.UPDATE_ROWS_EVENTv0, replication.UPDATE_ROWS_EVENTv1, replication.UPDATE_ROWS_EVENTv2, replication.PARTIAL_UPDATE_ROWS_EVENT:
+		op, step = change.OpUpdate, 2
+	case replication.DELETE_ROWS_EVENTv0, replication.DELETE_ROWS_EVENTv1, replication.DELETE_ROWS_EVENTv2:
+		op = change.OpDelete
+	default:
+		return nil
+	}
+	for i := 0; i+step-1 < len(e.Rows); i += step {
+		st.scratch = st.scratch[:0]
+		var before, after []change.Value
+		var err error
+		switch op {
+		case change.OpCreate:
+			after, err = st.values(st.after, tab, e.Rows[i])
+			st.after = after
+		case change.OpDelete:
+			before, err = st.values(st.before, tab, e.Rows[i])
+			st.before = before
+		case change.OpUpdate:
+			if before, err = st.values(st.before, tab, e.Rows[i]); err == nil {
+				st.before = before
+				after, err = st.values(st.after, tab, e.Rows[i+1])
+				st.after = after
+			}
+		}
+		if err != nil {
+			return err
+		}
+		st.txOrder++
+		st.ev = change.Event{Op: op, Table: tab.t, Before: before, After: after, Source: change.Source{
+			Connector: "mysql", Name: st.s.cfg.Name, TsMs: st.ts,
+		}}
+		key := st.enc.Key(&st.ev)
+		st.batch.Add(change.Record{Topic: tab.t.Topic, Key: key, Value: st.enc.Value(&st.ev, time.Now().UnixMilli()), Table: tab.t, Op: op})
+		if op == change.OpDelete && st.s.cfg.Tombstones && key != nil {
+			st.batch.Add(change.Record{Topic: tab.t.Topic, Key: key, Table: tab.t, Op: op})
+		}
+	}
+	if len(st.batch.Records) >= st.s.cfg.BatchRecords || st.batch.Bytes >= st.s.cfg.BatchBytes {
+		return st.flush(ctx)
+	}
+	return nil
+}
+
+// values renders a row image into dst (reused).
+func (st *stream) values(dst []change.Value, tab *table, row []any) ([]change.Value, error) {
+	if len(row) != len(tab.cols) {
+		return nil, capture.Fatal(fmt.Errorf("table %s: binlog row has %d columns, the table %d: its shape changed in a way Tideline did not see (restart from an older position after DDL is not supported yet)",
+			tab.name, len(row), len(tab.cols)))
+	}
+	dst = dst[:0]
+	for i, v := range row {
+		if v == nil {
+			dst = append(dst, change.Value{})
+			continue
+		}
+		start := len(st.scratch)
+		var err error
+		st.scratch, err = appendValue(st.scratch, &tab.cols[i], v)
+		if err != nil {
+			return nil, capture.Fatal(fmt.Errorf("table %s column %s (%s): cannot convert the value: %w", tab.name, tab.cols[i].name, tab.cols[i].colType, err))
+		}
+		dst = append(dst, change.Value{Kind: change.Present, JSON: st.scratch[start:len(st.scratch):len(st.scratch)]})
+	}
+	return dst, nil
+}
+
+// ddl reloads the shape of every captured table a statement names.
+func (st *stream) ddl(schema, q string) error {
+	lq := strings.ToLower(q)
+	for name, tab := range st.tables {
+		db, t, _ := strings.Cut(name, ".")
+		if !strings.Contains(lq, strings.ToLower(t)) || (schema != db && !strings.Contains(lq, strings.ToLower(db))) {
+			continue
+		}
+		fresh, err := loadTable(st.conn, name, st.s.cfg.TopicPrefix)
+		if err != nil {
+			var missing errMissing
+			if errors.As(err, &missing) {
+				st.s.log.Info("captured table dropped", zap.String("table", name))
+				delete(st.tables, name)
+				continue
+			}
+			return err
+		}
+		if len(fresh.cols) != len(tab.cols) {
+			st.s.log.Info("table shape changed", zap.String("table", name), zap.Int("columns_before", len(tab.cols)), zap.Int("columns", len(fresh.cols)))
+		}
+		st.tables[name] = fresh
+	}
+	return nil
+}
