@@ -157,15 +157,6 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 	if err != nil {
 		return err
 	}
-	schemas := map[string]*table{}
-	for _, t := range tables {
-		tab, err := loadTable(conn, t, s.cfg.TopicPrefix)
-		if err != nil {
-			return err
-		}
-		schemas[t] = tab
-	}
-
 	var start position
 	raw, err := s.store.Load(ctx, s.positionKey())
 	if err != nil {
@@ -176,7 +167,13 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 			return capture.Fatal(fmt.Errorf("stored position %s is corrupt: %w", s.positionKey(), err))
 		}
 	} else if s.cfg.Snapshot == "initial" {
-		if start, err = s.snapshot(ctx, ep, h, schemas); err != nil {
+		current := map[string]*table{}
+		for _, t := range tables {
+			if current[t], err = loadTable(conn, t, s.cfg.TopicPrefix); err != nil {
+				return err
+			}
+		}
+		if start, err = s.snapshot(ctx, ep, h, current); err != nil {
 			return fmt.Errorf("initial snapshot: %w", err)
 		}
 		if err := s.store.Save(ctx, s.positionKey(), []byte(start.encode())); err != nil {
@@ -186,6 +183,17 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 		if start, err = masterStatus(conn, flavor); err != nil {
 			return err
 		}
+	}
+	hist, err := s.loadHistory(ctx)
+	if err != nil {
+		return err
+	}
+	schemas, err := s.shapesAt(conn, hist, tables, start)
+	if err != nil {
+		return err
+	}
+	if err := s.saveHistory(ctx, hist); err != nil {
+		return err
 	}
 
 	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
@@ -215,7 +223,7 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 	saved := change.Position(start.encode())
 	g.Go(func() error { return s.saver(gctx, saved) })
 	g.Go(func() error {
-		st := &stream{s: s, h: h, tables: schemas, conn: conn, enc: codec.NewEncoder(s.cfg.Version),
+		st := &stream{s: s, h: h, tables: schemas, hist: hist, conn: conn, enc: codec.NewEncoder(s.cfg.Version),
 			batch: &change.Batch{}, file: start.File, gtid: start.GTID}
 		err := st.run(gctx, streamer)
 		if gctx.Err() != nil && ctx.Err() != nil {
@@ -272,6 +280,7 @@ type stream struct {
 	s      *Source
 	h      capture.Handler
 	tables map[string]*table // "db.table"
+	hist   *history
 	conn   *client.Conn
 	enc    *codec.Encoder
 	batch  *change.Batch
@@ -339,7 +348,7 @@ func (st *stream) event(ctx context.Context, ev *replication.BinlogEvent) error 
 		}
 		// DDL: take the new shape of the captured tables it names, then
 		// checkpoint after it (a DDL statement is its own transaction).
-		if err := st.ddl(string(e.Schema), q); err != nil {
+		if err := st.ddl(ctx, string(e.Schema), q, ev.Header.LogPos); err != nil {
 			return err
 		}
 		return st.commit(ctx, ev.Header.LogPos, e.GSet)
@@ -434,7 +443,7 @@ func (st *stream) rows(ctx context.Context, et replication.EventType, e *replica
 // values renders a row image into dst (reused).
 func (st *stream) values(dst []change.Value, tab *table, row []any) ([]change.Value, error) {
 	if len(row) != len(tab.cols) {
-		return nil, capture.Fatal(fmt.Errorf("table %s: binlog row has %d columns, the table %d: its shape changed in a way Tideline did not see (restart from an older position after DDL is not supported yet)",
+		return nil, capture.Fatal(fmt.Errorf("table %s: binlog row has %d columns, the table %d: its shape changed in a way the schema history does not hold (several DDLs of the table while Tideline was not reading)",
 			tab.name, len(row), len(tab.cols)))
 	}
 	dst = dst[:0]
@@ -454,12 +463,20 @@ func (st *stream) values(dst []change.Value, tab *table, row []any) ([]change.Va
 	return dst, nil
 }
 
-// ddl reloads the shape of every captured table a statement names.
-func (st *stream) ddl(schema, q string) error {
+// ddl takes the new shape of every captured table a statement names:
+// the one the schema history recorded at this position when the DDL is
+// replayed, else the current one, which it records (durably, before any
+// row after the DDL is handed over).
+func (st *stream) ddl(ctx context.Context, schema, q string, logPos uint32) error {
 	lq := strings.ToLower(q)
+	changed := false
 	for name, tab := range st.tables {
 		db, t, _ := strings.Cut(name, ".")
 		if !strings.Contains(lq, strings.ToLower(t)) || (schema != db && !strings.Contains(lq, strings.ToLower(db))) {
+			continue
+		}
+		if e, ok := st.hist.exact(name, st.file, logPos); ok {
+			st.tables[name] = tableOf(e, st.s.cfg.TopicPrefix)
 			continue
 		}
 		fresh, err := loadTable(st.conn, name, st.s.cfg.TopicPrefix)
@@ -467,7 +484,8 @@ func (st *stream) ddl(schema, q string) error {
 			var missing errMissing
 			if errors.As(err, &missing) {
 				st.s.log.Info("captured table dropped", zap.String("table", name))
-				delete(st.tables, name)
+				st.hist.Entries = append(st.hist.Entries, historyEntry{File: st.file, Pos: logPos, Table: name, Dropped: true})
+				changed = true
 				continue
 			}
 			return err
@@ -476,6 +494,11 @@ func (st *stream) ddl(schema, q string) error {
 			st.s.log.Info("table shape changed", zap.String("table", name), zap.Int("columns_before", len(tab.cols)), zap.Int("columns", len(fresh.cols)))
 		}
 		st.tables[name] = fresh
+		st.hist.Entries = append(st.hist.Entries, entryOf(fresh, st.file, logPos))
+		changed = true
+	}
+	if changed {
+		return st.s.saveHistory(ctx, st.hist)
 	}
 	return nil
 }

@@ -20,6 +20,7 @@ type column struct {
 	colType  string // COLUMN_TYPE: int(10) unsigned, enum('a','b'), …
 	key      bool
 	unsigned bool
+	charset  string
 	binary   bool     // binary character set (BINARY, VARBINARY, BLOB)
 	labels   []string // ENUM and SET members, in order
 	bits     int      // integer width, for unsigned wrap-around
@@ -27,7 +28,7 @@ type column struct {
 
 // newColumn fills the derived fields from information_schema's text.
 func newColumn(name, dataType, colType, charset string, key bool) column {
-	c := column{name: name, dataType: strings.ToLower(dataType), colType: colType, key: key}
+	c := column{name: name, dataType: strings.ToLower(dataType), colType: colType, charset: charset, key: key}
 	c.unsigned = strings.Contains(strings.ToLower(colType), "unsigned")
 	c.binary = charset == "" && (strings.Contains(c.dataType, "blob") || strings.Contains(c.dataType, "binary"))
 	switch c.dataType {
