@@ -92,6 +92,16 @@ type Source struct {
 	TxID int64
 	// LSN is the PostgreSQL log position of the change.
 	LSN uint64
+
+	// MySQL: the binlog file and the position of the rows event, the row's
+	// index in it, the transaction's GTID (empty without GTIDs), and the
+	// originating server and thread.
+	ServerID uint32
+	GTID     string
+	File     string
+	Pos      uint64
+	Row      int32
+	Thread   int64
 }
 
 // Event is one change to one row (or, for a truncate, to one table).
@@ -114,6 +124,9 @@ type Event struct {
 	// with Source.TxID it forms transaction.id ("xid:lsn"), the same for
 	// every event of the transaction.
 	TxLSN uint64
+	// TxName, when set, is transaction.id instead (MySQL: the GTID, or
+	// file:position of the transaction's start).
+	TxName string
 }
 
 // Position is a source position, owned and interpreted only by the source

@@ -118,17 +118,21 @@ func (e *Encoder) Value(ev *change.Event, tsMs int64) []byte {
 	b = AppendStringS(b, snap)
 	b = append(b, ',')
 	b = append(b, n.source...)
-	b = append(b, `,"txId":`...)
-	if ev.Source.TxID != 0 {
-		b = AppendInt(b, ev.Source.TxID)
+	if ev.Source.Connector == "mysql" {
+		b = appendMySQLSource(b, &ev.Source)
 	} else {
-		b = append(b, "null"...)
-	}
-	b = append(b, `,"lsn":`...)
-	if ev.Source.LSN != 0 {
-		b = AppendInt(b, int64(ev.Source.LSN))
-	} else {
-		b = append(b, "null"...)
+		b = append(b, `,"txId":`...)
+		if ev.Source.TxID != 0 {
+			b = AppendInt(b, ev.Source.TxID)
+		} else {
+			b = append(b, "null"...)
+		}
+		b = append(b, `,"lsn":`...)
+		if ev.Source.LSN != 0 {
+			b = AppendInt(b, int64(ev.Source.LSN))
+		} else {
+			b = append(b, "null"...)
+		}
 	}
 	b = append(b, `},"op":"`...)
 	b = append(b, byte(ev.Op))
@@ -136,11 +140,17 @@ func (e *Encoder) Value(ev *change.Event, tsMs int64) []byte {
 	b = AppendInt(b, tsMs)
 	b = append(b, `,"transaction":`...)
 	if ev.TxOrder > 0 {
-		b = append(b, `{"id":"`...)
-		b = AppendInt(b, ev.Source.TxID)
-		b = append(b, ':')
-		b = AppendInt(b, int64(ev.TxLSN))
-		b = append(b, `","total_order":`...)
+		if ev.TxName != "" {
+			b = append(b, `{"id":`...)
+			b = AppendStringS(b, ev.TxName)
+		} else {
+			b = append(b, `{"id":"`...)
+			b = AppendInt(b, ev.Source.TxID)
+			b = append(b, ':')
+			b = AppendInt(b, int64(ev.TxLSN))
+			b = append(b, '"')
+		}
+		b = append(b, `,"total_order":`...)
 		b = AppendInt(b, ev.TxOrder)
 		b = append(b, `,"data_collection_order":`...)
 		b = AppendInt(b, ev.TxTableOrder)
@@ -151,6 +161,32 @@ func (e *Encoder) Value(ev *change.Event, tsMs int64) []byte {
 	b = append(b, '}')
 	e.buf = b
 	return clone(b)
+}
+
+// appendMySQLSource writes the MySQL part of the source block, as
+// Debezium's MySQL connector names it.
+func appendMySQLSource(b []byte, s *change.Source) []byte {
+	b = append(b, `,"server_id":`...)
+	b = AppendInt(b, int64(s.ServerID))
+	b = append(b, `,"gtid":`...)
+	if s.GTID != "" {
+		b = AppendStringS(b, s.GTID)
+	} else {
+		b = append(b, "null"...)
+	}
+	b = append(b, `,"file":`...)
+	b = AppendStringS(b, s.File)
+	b = append(b, `,"pos":`...)
+	b = AppendInt(b, int64(s.Pos))
+	b = append(b, `,"row":`...)
+	b = AppendInt(b, int64(s.Row))
+	b = append(b, `,"thread":`...)
+	if s.Thread != 0 {
+		b = AppendInt(b, s.Thread)
+	} else {
+		b = append(b, "null"...)
+	}
+	return b
 }
 
 func appendRow(b []byte, n *tableNames, row []change.Value) []byte {

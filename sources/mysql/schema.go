@@ -21,6 +21,10 @@ type table struct {
 	name string // db.table
 	cols []column
 	t    *change.Table
+	// counter numbers the table's events in the transaction gen
+	// (transaction.data_collection_order).
+	counter int64
+	gen     uint64
 }
 
 // errMissing says a table no longer exists.

@@ -289,6 +289,11 @@ type stream struct {
 	gtid     string
 	inTx     bool
 	txOrder  int64
+	txName   string // transaction.id: the GTID, or file:pos of its start
+	txGTID   string
+	txGen    uint64
+	thread   int64
+	serverID uint32
 	ts       int64 // event timestamp, ms
 	lastHand time.Time
 
@@ -331,17 +336,26 @@ func (st *stream) run(ctx context.Context, streamer *replication.BinlogStreamer)
 
 func (st *stream) event(ctx context.Context, ev *replication.BinlogEvent) error {
 	st.ts = int64(ev.Header.Timestamp) * 1000
+	st.serverID = ev.Header.ServerID
 	switch e := ev.Event.(type) {
 	case *replication.RotateEvent:
 		st.file = string(e.NextLogName)
+	case *replication.MariadbGTIDEvent: // MariaDB starts a transaction here
+		st.begin(ev.Header, e.GTID.String())
+	case *replication.GTIDEvent: // MySQL: the GTID, then BEGIN
+		gtid := ""
+		if g, err := e.GTIDNext(); err == nil {
+			gtid = g.String()
+		}
+		st.begin(ev.Header, gtid)
 	case *replication.QueryEvent:
 		q := strings.TrimSpace(string(e.Query))
 		switch strings.ToUpper(q) {
 		case "BEGIN":
-			st.inTx, st.txOrder = true, 0
-			if st.batch.CommitMicros == 0 {
-				st.batch.CommitMicros = int64(ev.Header.Timestamp) * 1e6
+			if !st.inTx {
+				st.begin(ev.Header, "")
 			}
+			st.thread = int64(e.SlaveProxyID)
 			return nil
 		case "COMMIT": // a transaction on a non-transactional engine
 			return st.commit(ctx, ev.Header.LogPos, e.GSet)
@@ -355,9 +369,23 @@ func (st *stream) event(ctx context.Context, ev *replication.BinlogEvent) error 
 	case *replication.XIDEvent:
 		return st.commit(ctx, ev.Header.LogPos, e.GSet)
 	case *replication.RowsEvent:
-		return st.rows(ctx, ev.Header.EventType, e)
+		return st.rows(ctx, ev.Header, e)
 	}
 	return nil
+}
+
+// begin starts a transaction at the event with header h.
+func (st *stream) begin(h *replication.EventHeader, gtid string) {
+	st.inTx, st.txOrder, st.thread = true, 0, 0
+	st.txGen++
+	st.txGTID = gtid
+	st.txName = gtid
+	if gtid == "" {
+		st.txName = st.file + ":" + strconv.FormatUint(uint64(h.LogPos-h.EventSize), 10)
+	}
+	if st.batch.CommitMicros == 0 {
+		st.batch.CommitMicros = int64(h.Timestamp) * 1e6
+	}
 }
 
 func (st *stream) commit(ctx context.Context, logPos uint32, gset gmysql.GTIDSet) error {
@@ -386,7 +414,8 @@ func (st *stream) flush(ctx context.Context) error {
 	return nil
 }
 
-func (st *stream) rows(ctx context.Context, et replication.EventType, e *replication.RowsEvent) error {
+func (st *stream) rows(ctx context.Context, hdr *replication.EventHeader, e *replication.RowsEvent) error {
+	et := hdr.EventType
 	tab, ok := st.tables[string(e.Table.Schema)+"."+string(e.Table.Table)]
 	if !ok {
 		return nil
@@ -425,9 +454,15 @@ func (st *stream) rows(ctx context.Context, et replication.EventType, e *replica
 			return err
 		}
 		st.txOrder++
+		if tab.gen != st.txGen {
+			tab.gen, tab.counter = st.txGen, 0
+		}
+		tab.counter++
 		st.ev = change.Event{Op: op, Table: tab.t, Before: before, After: after, Source: change.Source{
 			Connector: "mysql", Name: st.s.cfg.Name, TsMs: st.ts,
-		}}
+			ServerID: st.serverID, GTID: st.txGTID, File: st.file, Pos: uint64(hdr.LogPos - hdr.EventSize),
+			Row: int32(i / step), Thread: st.thread,
+		}, TxOrder: st.txOrder, TxTableOrder: tab.counter, TxName: st.txName}
 		key := st.enc.Key(&st.ev)
 		st.batch.Add(change.Record{Topic: tab.t.Topic, Key: key, Value: st.enc.Value(&st.ev, time.Now().UnixMilli()), Table: tab.t, Op: op})
 		if op == change.OpDelete && st.s.cfg.Tombstones && key != nil {
