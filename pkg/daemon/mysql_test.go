@@ -353,3 +353,22 @@ func checkMySQLKV(t *testing.T, ms []msg, committed map[int64]int64) {
 	}
 	t.Logf("%d events, %d replayed duplicates skipped, shapes %v", len(ms), dups, shapes)
 }
+
+// TestMySQLPurgedPosition: changes written while Tideline was down were in
+// a binlog that has since been purged: Tideline stops with an error that
+// says so and how to recover, instead of skipping them.
+func TestMySQLPurgedPosition(t *testing.T) {
+	m := newMEnv(t, testenv.MariaDBOptions{})
+	m.exec("CREATE TABLE app.p (id INT PRIMARY KEY)")
+	e := m.env()
+	r := e.start(m.config([]string{"app.p"}, nil), daemon.Options{})
+	r.stop(t)
+	m.exec("FLUSH BINARY LOGS", "INSERT INTO app.p VALUES (1)", "FLUSH BINARY LOGS", "INSERT INTO app.p VALUES (2)", "FLUSH BINARY LOGS")
+	m.exec("PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := daemon.Run(ctx, m.config([]string{"app.p"}, nil), nopLogger(), daemon.Options{})
+	if err == nil || !capture.IsFatal(err) || !strings.Contains(err.Error(), "purged") || !strings.Contains(err.Error(), "mysql/test/position") {
+		t.Fatalf("got %v, want a fatal error about the purged binlog naming the state key", err)
+	}
+}

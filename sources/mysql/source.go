@@ -211,9 +211,20 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 		Logger:                  nil,
 	})
 	defer syncer.Close()
-	streamer, err := syncer.StartSync(gmysql.Position{Name: start.File, Pos: start.Pos})
+	// With GTIDs the position survives a failover to another server of
+	// the replication group; file and offset name one server's binlog.
+	var streamer *replication.BinlogStreamer
+	if start.GTID != "" {
+		gset, perr := gmysql.ParseGTIDSet(flavor, start.GTID)
+		if perr != nil {
+			return capture.Fatal(fmt.Errorf("stored GTID set %q: %w", start.GTID, perr))
+		}
+		streamer, err = syncer.StartSyncGTID(gset)
+	} else {
+		streamer, err = syncer.StartSync(gmysql.Position{Name: start.File, Pos: start.Pos})
+	}
 	if err != nil {
-		return fmt.Errorf("start binlog dump at %s:%d: %w", start.File, start.Pos, err)
+		return fmt.Errorf("start binlog dump at %s:%d (gtid %q): %w", start.File, start.Pos, start.GTID, err)
 	}
 	s.streaming.Store(true)
 	defer s.streaming.Store(false)
@@ -326,6 +337,11 @@ func (st *stream) run(ctx context.Context, streamer *replication.BinlogStreamer)
 				}
 				continue
 			}
+			if isPurged(err) {
+				return capture.Fatal(fmt.Errorf("the server no longer has the binlog at the stored position (purged): %w. "+
+					"Changes since then are lost to Tideline; to start over with a new snapshot, delete the key %q from the offsets topic (produce a null value for it)",
+					err, st.s.positionKey()))
+			}
 			return fmt.Errorf("read binlog: %w", err)
 		}
 		if err := st.event(ctx, ev); err != nil {
@@ -372,6 +388,17 @@ func (st *stream) event(ctx context.Context, ev *replication.BinlogEvent) error 
 		return st.rows(ctx, ev.Header, e)
 	}
 	return nil
+}
+
+// isPurged reports the server's "could not find first log" (1236) answer
+// to a dump from a position it no longer has.
+func isPurged(err error) bool {
+	var me *gmysql.MyError
+	if errors.As(err, &me) && me.Code == gmysql.ER_MASTER_FATAL_ERROR_READING_BINLOG {
+		return true
+	}
+	s := err.Error()
+	return strings.Contains(s, "1236") || strings.Contains(s, "Could not find first log file") || strings.Contains(s, "purged")
 }
 
 // begin starts a transaction at the event with header h.
