@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/tideline-cdc/tideline/internal/testenv"
 	"github.com/tideline-cdc/tideline/pkg/capture"
@@ -439,5 +441,71 @@ func TestMySQLSnapshotHandoffUnderWrites(t *testing.T) {
 	if snap < seeded {
 		t.Errorf("%d snapshot rows, want at least %d", snap, seeded)
 	}
+	r.stop(t)
+}
+
+// TestMySQLKafkaOutage stops the broker while a writer commits on MariaDB:
+// the process stays up within its budget and every change arrives once
+// the broker is back.
+func TestMySQLKafkaOutage(t *testing.T) {
+	dataDir := t.TempDir()
+	port, _ := freePort(t)
+	startBroker := func() *kfake.Cluster {
+		k, err := testenv.StartKafka(kfake.DataDir(dataDir), kfake.Ports(port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	k := startBroker()
+	db := testenv.NewMariaDB(t, testenv.MariaDBOptions{})
+	m := &menv{t: t, db: db, brokers: k.ListenAddrs()}
+	m.exec("CREATE DATABASE app", "CREATE TABLE app.kv (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)")
+	var values []string
+	for i := 1; i <= 200; i++ {
+		values = append(values, fmt.Sprintf("(%d, 1)", i))
+	}
+	m.exec("INSERT INTO app.kv VALUES " + strings.Join(values, ","))
+	const budget, batch = 1 << 20, 32 << 10
+	e := m.env()
+	r := e.start(m.config([]string{"app.kv"}, func(c *config.Config) {
+		c.Capture.MaxInFlightBytes = budget
+		c.Capture.BatchBytes = batch
+	}), daemon.Options{})
+	w := m.startWriter(201, 200)
+	time.Sleep(time.Second)
+	k.Close()
+	before := w.count.Load()
+	inflight := r.metrics.InFlightBytes.WithLabelValues("test")
+	var peak float64
+	for end := time.Now().Add(6 * time.Second); time.Now().Before(end); {
+		peak = max(peak, testutil.ToFloat64(inflight))
+		select {
+		case err := <-r.done:
+			t.Fatalf("daemon exited during the outage: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if w.count.Load()-before < 100 {
+		t.Fatalf("writer committed only %d transactions during the outage", w.count.Load()-before)
+	}
+	if peak > budget+batch {
+		t.Errorf("in-flight bytes peaked at %.0f, over budget %d + batch %d", peak, budget, batch)
+	}
+	k = startBroker()
+	t.Cleanup(k.Close)
+	time.Sleep(time.Second)
+	committed := w.halt()
+	c := e.consume("test.app.kv")
+	ms := consumeUntil(t, c, committed, 90*time.Second)
+	last := map[int64]int64{}
+	for _, msg := range ms {
+		id, v := toInt(t, msg.Key["id"]), toInt(t, msg.Value.After["v"])
+		if prev, seen := last[id]; seen && v > prev+1 {
+			t.Errorf("id %d: %d after %d: a change is missing", id, v, prev)
+		}
+		last[id] = max(last[id], v)
+	}
+	t.Logf("outage: peak in-flight %.0f bytes; %d events", peak, len(ms))
 	r.stop(t)
 }
