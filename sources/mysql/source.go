@@ -376,6 +376,18 @@ func (st *stream) event(ctx context.Context, ev *replication.BinlogEvent) error 
 		case "COMMIT": // a transaction on a non-transactional engine
 			return st.commit(ctx, ev.Header.LogPos, e.GSet)
 		}
+		if strings.HasPrefix(strings.ToUpper(q), "TRUNCATE") {
+			for _, name := range st.named(string(e.Schema), q) {
+				tab := st.tables[name]
+				st.txOrder++
+				st.ev = change.Event{Op: change.OpTruncate, Table: tab.t, Source: change.Source{
+					Connector: "mysql", Name: st.s.cfg.Name, TsMs: st.ts, ServerID: st.serverID, GTID: st.txGTID,
+					File: st.file, Pos: uint64(ev.Header.LogPos - ev.Header.EventSize), Thread: int64(e.SlaveProxyID),
+				}, TxOrder: st.txOrder, TxTableOrder: 1, TxName: st.txName}
+				st.batch.Add(change.Record{Topic: tab.t.Topic, Value: st.enc.Value(&st.ev, time.Now().UnixMilli()), Table: tab.t, Op: change.OpTruncate})
+			}
+			return st.commit(ctx, ev.Header.LogPos, e.GSet)
+		}
 		// DDL: take the new shape of the captured tables it names, then
 		// checkpoint after it (a DDL statement is its own transaction).
 		if err := st.ddl(ctx, string(e.Schema), q, ev.Header.LogPos); err != nil {
@@ -525,18 +537,29 @@ func (st *stream) values(dst []change.Value, tab *table, row []any) ([]change.Va
 	return dst, nil
 }
 
+// named returns the captured tables a statement (run with default
+// database schema) may name. It errs on the side of too many: a reload
+// of a table that did not change is harmless.
+func (st *stream) named(schema, q string) []string {
+	lq := strings.ToLower(q)
+	var out []string
+	for name := range st.tables {
+		db, t, _ := strings.Cut(name, ".")
+		if strings.Contains(lq, strings.ToLower(t)) && (schema == db || strings.Contains(lq, strings.ToLower(db))) {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
 // ddl takes the new shape of every captured table a statement names:
 // the one the schema history recorded at this position when the DDL is
 // replayed, else the current one, which it records (durably, before any
 // row after the DDL is handed over).
 func (st *stream) ddl(ctx context.Context, schema, q string, logPos uint32) error {
-	lq := strings.ToLower(q)
 	changed := false
-	for name, tab := range st.tables {
-		db, t, _ := strings.Cut(name, ".")
-		if !strings.Contains(lq, strings.ToLower(t)) || (schema != db && !strings.Contains(lq, strings.ToLower(db))) {
-			continue
-		}
+	for _, name := range st.named(schema, q) {
+		tab := st.tables[name]
 		if e, ok := st.hist.exact(name, st.file, logPos); ok {
 			st.tables[name] = tableOf(e, st.s.cfg.TopicPrefix)
 			continue
