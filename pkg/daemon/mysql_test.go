@@ -44,6 +44,9 @@ func (m *menv) exec(sqls ...string) {
 		m.t.Fatal(err)
 	}
 	defer conn.Close()
+	if _, err := conn.Execute("SET NAMES utf8mb4"); err != nil {
+		m.t.Fatal(err)
+	}
 	for _, q := range sqls {
 		if _, err := conn.Execute(q); err != nil {
 			m.t.Fatalf("%s: %v", q, err)
@@ -507,5 +510,49 @@ func TestMySQLKafkaOutage(t *testing.T) {
 		last[id] = max(last[id], v)
 	}
 	t.Logf("outage: peak in-flight %.0f bytes; %d events", peak, len(ms))
+	r.stop(t)
+}
+
+// TestMySQLCharsetsZeroDatesNulls: a latin1 column, a zero date (allowed
+// by a lax sql_mode) and an all-NULL row, from the snapshot and the stream.
+func TestMySQLCharsetsZeroDatesNulls(t *testing.T) {
+	m := newMEnv(t, testenv.MariaDBOptions{})
+	m.exec(`CREATE TABLE app.z (id INT PRIMARY KEY, l CHAR(5) CHARACTER SET latin1, mi MEDIUMINT, bl BLOB, d DATE, dt DATETIME)`)
+	row := func(id int) string {
+		return fmt.Sprintf("INSERT INTO app.z VALUES (%d, 'café', -8388608, X'CAFE', '0000-00-00', '0000-00-00 00:00:00')", id)
+	}
+	lax := "SET SESSION sql_mode = '', NAMES utf8mb4"
+	conn, err := client.Connect(fmt.Sprintf("127.0.0.1:%d", m.db.Port()), "root", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, q := range []string{lax, row(1), "INSERT INTO app.z (id) VALUES (2)"} {
+		if _, err := conn.Execute(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	e := m.env()
+	r := e.start(m.config([]string{"app.z"}, nil), daemon.Options{})
+	for _, q := range []string{row(3), "INSERT INTO app.z (id) VALUES (4)"} {
+		if _, err := conn.Execute(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	c := e.consume("test.app.z")
+	ms := c.poll(4, 30*time.Second, isEvent)
+	for _, msg := range ms {
+		got := fmt.Sprint(msg.Value.After)
+		var want string
+		switch fmt.Sprint(msg.Key["id"]) {
+		case "1", "3":
+			want = "map[bl:yv4= d:<nil> dt:<nil> id:%v l:café mi:-8388608]"
+		default:
+			want = "map[bl:<nil> d:<nil> dt:<nil> id:%v l:<nil> mi:<nil>]"
+		}
+		if want = fmt.Sprintf(want, msg.Key["id"]); got != want {
+			t.Errorf("op %s: after = %s, want %s", msg.Value.Op, got, want)
+		}
+	}
 	r.stop(t)
 }

@@ -235,7 +235,7 @@ func (s *Source) snapshot(ctx context.Context, ep endpoint, h capture.Handler, t
 					}
 					start := len(scratch)
 					var err error
-					scratch, err = appendValue(scratch, &tab.cols[i], v)
+					scratch, err = appendValue(scratch, &tab.cols[i], v, false)
 					if err != nil {
 						return capture.Fatal(fmt.Errorf("table %s column %s (%s): cannot convert the value: %w", name, tab.cols[i].name, tab.cols[i].colType, err))
 					}

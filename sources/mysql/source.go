@@ -130,10 +130,14 @@ func (s *Source) connect(ctx context.Context, ep endpoint) (*client.Conn, error)
 		return nil, err
 	}
 	s.connected.Store(true)
-	// Snapshot values must read like the binlog's: TIMESTAMPs in UTC.
-	if _, err := conn.Execute("SET time_zone = '+00:00'"); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("set session time zone: %w", err)
+	// Snapshot values must read like the binlog's: TIMESTAMPs in UTC,
+	// text in UTF-8. (SET NAMES explicitly: a server that does not know
+	// the collation the client announces falls back to its default.)
+	for _, q := range []string{"SET time_zone = '+00:00'", "SET NAMES utf8mb4"} {
+		if _, err := conn.Execute(q); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("%s: %w", q, err)
+		}
 	}
 	return conn, nil
 }
@@ -528,7 +532,7 @@ func (st *stream) values(dst []change.Value, tab *table, row []any) ([]change.Va
 		}
 		start := len(st.scratch)
 		var err error
-		st.scratch, err = appendValue(st.scratch, &tab.cols[i], v)
+		st.scratch, err = appendValue(st.scratch, &tab.cols[i], v, true)
 		if err != nil {
 			return nil, capture.Fatal(fmt.Errorf("table %s column %s (%s): cannot convert the value: %w", tab.name, tab.cols[i].name, tab.cols[i].colType, err))
 		}

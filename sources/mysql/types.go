@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
+	"golang.org/x/text/encoding/charmap"
 
 	"github.com/tideline-cdc/tideline/pkg/codec"
 )
@@ -80,9 +81,11 @@ func parseLabels(colType string) []string {
 
 // appendValue appends the JSON representation (docs/types.md) of v, a
 // value of column c as go-mysql decodes it from a row event (int8…uint64,
-// float32/64, decimal.Decimal, string, []byte) or from a text-protocol
-// snapshot row (int64, uint64, float64, []byte). A nil v is never passed.
-func appendValue(dst []byte, c *column, v any) ([]byte, error) {
+// float32/64, decimal.Decimal, string, []byte; binlog is true: text is in
+// the column's character set) or from a text-protocol snapshot row (int64,
+// uint64, float64, []byte; text already in the connection's UTF-8). A nil
+// v is never passed.
+func appendValue(dst []byte, c *column, v any, binlog bool) ([]byte, error) {
 	switch c.dataType {
 	case "tinyint", "smallint", "mediumint", "int", "integer", "bigint":
 		return appendInteger(dst, c, v)
@@ -158,6 +161,14 @@ func appendValue(dst []byte, c *column, v any) ([]byte, error) {
 		dst = append(dst, '"')
 		dst = base64.StdEncoding.AppendEncode(dst, raw)
 		return append(dst, '"'), nil
+	}
+	if binlog && c.charset == "latin1" {
+		// MySQL's latin1 is Windows-1252.
+		s, err := charmap.Windows1252.NewDecoder().String(text(v))
+		if err != nil {
+			return dst, fmt.Errorf("latin1 text: %w", err)
+		}
+		return codec.AppendStringS(dst, s), nil
 	}
 	return codec.AppendStringS(dst, text(v)), nil
 }
