@@ -1,10 +1,11 @@
 // Command tideline-demo runs Tideline end to end on one machine, with nothing to set up: a
-// throwaway PostgreSQL server (from the machine's own binaries, in a temp dir, on a free port)
-// holding a small shop schema under a steady workload, streamed by the daemon into its embedded
-// Kafka broker. It is what `make demo` runs.
+// throwaway PostgreSQL server, or with -source mysql a MariaDB server (from the machine's own
+// binaries, in a temp dir, on a free port), holding a small shop schema under a steady workload,
+// streamed by the daemon into its embedded Kafka broker. It is what `make demo` (and
+// `make demo SOURCE=mysql`) runs.
 //
 // Ctrl-C (or SIGTERM) stops the workload and the daemon, which drains and confirms, then the
-// PostgreSQL server; its temp dir and the broker's data dir are removed, so nothing is left
+// database server; its temp dir and the broker's data dir are removed, so nothing is left
 // behind. A second Ctrl-C quits at once: the server still dies with this process (testenv ties it
 // to us), but the temp dirs stay.
 package main
@@ -31,23 +32,75 @@ import (
 	"github.com/tideline-cdc/tideline/pkg/observe"
 )
 
-// name is the pipeline name: it prefixes the topics and names the slot and publication.
+// name is the pipeline name: it prefixes the topics (and names PostgreSQL's slot and
+// publication).
 const name = "shop"
 
-// tables are the captured tables, created by createSchema.
-var tables = []string{"public.customers", "public.orders"}
+// database is one kind of source database the demo runs: what differs between PostgreSQL and
+// MariaDB. Everything else (the broker, the daemon, the workload's logic, the banner, the
+// cleanup) is shared.
+type database struct {
+	title      string   // the server's name in messages: "PostgreSQL"
+	sourceType string   // source.type
+	tables     []string // the captured tables as source.tables names them; the schema creates them
+	stopping   string   // what the daemon finishes on Ctrl-C before the server stops
+	packages   string   // the scripts/ensure-packages.sh mode that installs the server
+	makeCmd    string   // the make command that runs this demo
+	sql        *shopSQL // the shop's schema and statements in this server's SQL
+	// start starts a throwaway server in a new temp dir and returns once it accepts connections.
+	// On an error nothing is left running; an error matching testenv.ErrNotInstalled means the
+	// binaries are missing. Cancelling ctx cuts the start short with an error.
+	start func(ctx context.Context, log *zap.Logger) (server, error)
+}
+
+// server is a running throwaway database server. run calls its methods from its own goroutine,
+// except connect, which the workload calls from its goroutine too.
+type server interface {
+	// dsn is the source.dsn the daemon connects with, to the database holding the shop.
+	dsn() string
+	// shell is a command line that opens a SQL shell on the shop's database.
+	shell() string
+	// dir is the server's directory, removed by stop.
+	dir() string
+	// connect opens a connection to the server for one goroutine; shopSQL's statements name
+	// their tables in full, so it need not select a database. The caller closes it.
+	connect(ctx context.Context) (shopConn, error)
+	// stop stops the server and removes its directory. run calls it once, after the daemon and
+	// the workload have returned.
+	stop() error
+}
+
+// databases are the -source values.
+var databases = map[string]*database{
+	"postgres": &postgresDB,
+	"mysql":    &mariaDB,
+}
 
 type flags struct {
-	kafka string // embedded broker listen address
-	http  string // metrics and health listen address
-	rate  int    // workload transactions per second
+	source string // a key of databases; "" is postgres
+	kafka  string // embedded broker listen address
+	http   string // metrics and health listen address
+	rate   int    // workload transactions per second
+}
+
+// database returns the database f.source names.
+func (f flags) database() (*database, error) {
+	if f.source == "" {
+		return &postgresDB, nil
+	}
+	db, ok := databases[f.source]
+	if !ok {
+		return nil, fmt.Errorf("-source %q: want postgres or mysql", f.source)
+	}
+	return db, nil
 }
 
 // started is what a running demo tells its user.
 type started struct {
-	dsn      string   // the PostgreSQL server's DSN
-	pgPort   int      // its port on 127.0.0.1
-	pgDir    string   // its directory, removed on exit
+	db       *database
+	dsn      string   // the database server's DSN, as the daemon uses it
+	shell    string   // a command that opens a SQL shell on it
+	dbDir    string   // its directory, removed on exit
 	tmp      string   // the demo's temp dir (the broker's data), removed on exit
 	httpAddr string   // the bound metrics and health address, "" when off
 	brokers  []string // the embedded broker's address
@@ -55,11 +108,15 @@ type started struct {
 
 func main() {
 	var f flags
+	flag.StringVar(&f.source, "source", "postgres", "the source database: postgres (PostgreSQL) or mysql (MariaDB)")
 	flag.StringVar(&f.kafka, "kafka", "127.0.0.1:9092", "listen address of the embedded Kafka broker")
 	flag.StringVar(&f.http, "http", "127.0.0.1:8080", "listen address of /metrics, /healthz and /readyz")
 	flag.IntVar(&f.rate, "rate", 20, "workload transactions per second (0: no workload, only the snapshot)")
 	flag.Parse()
-	if flag.NArg() > 0 || f.rate < 0 {
+	if _, err := f.database(); err != nil || flag.NArg() > 0 || f.rate < 0 {
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tideline-demo:", err)
+		}
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -71,6 +128,10 @@ func main() {
 
 // realMain is main with an error to return, so that deferred cleanups run before os.Exit.
 func realMain(f flags) error {
+	db, err := f.database()
+	if err != nil {
+		return err
+	}
 	log, err := observe.NewLogger("info", "console")
 	if err != nil {
 		return err
@@ -82,7 +143,7 @@ func realMain(f flags) error {
 	// After the first signal the default handling comes back, so a second Ctrl-C quits at once.
 	context.AfterFunc(ctx, func() {
 		stop()
-		fmt.Fprintln(os.Stderr, "\nStopping: draining in-flight changes, confirming the slot, stopping PostgreSQL (Ctrl-C again to quit at once)...")
+		fmt.Fprintf(os.Stderr, "\nStopping: draining in-flight changes, %s, stopping %s (Ctrl-C again to quit at once)...\n", db.stopping, db.title)
 	})
 	return run(ctx, f, log, func(s started) { printBanner(os.Stdout, f, s) })
 }
@@ -91,6 +152,10 @@ func realMain(f flags) error {
 // dirs. It calls onStart once the daemon serves. Stopping early, even during start-up, is not an
 // error.
 func run(ctx context.Context, f flags, log *zap.Logger, onStart func(started)) error {
+	db, err := f.database()
+	if err != nil {
+		return err
+	}
 	// Check the fixed ports before starting anything, so a taken port is reported by name and
 	// not as a failure deep inside the broker start.
 	if err := portFree(f.kafka, "the embedded Kafka broker", "-kafka"); err != nil {
@@ -106,45 +171,43 @@ func run(ctx context.Context, f flags, log *zap.Logger, onStart func(started)) e
 	}
 	defer removeAll(log, tmp)
 
-	log.Info("starting a throwaway PostgreSQL server (initdb in a temp dir, wal_level=logical)")
-	pg, err := testenv.StartPostgres(ctx, testenv.PGOptions{Logf: log.Sugar().Infof})
+	srv, err := db.start(ctx, log)
 	if errors.Is(err, testenv.ErrNotInstalled) {
-		return fmt.Errorf("%w\n(scripts/ensure-packages.sh demo installs it; make demo runs that first)", err)
+		return fmt.Errorf("%w\n(scripts/ensure-packages.sh %s installs it; %s runs that first)", err, db.packages, db.makeCmd)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil // stopped while starting: initdb was cut short, and that is all
+			return nil // stopped while starting: the server's set-up was cut short, and that is all
 		}
-		return fmt.Errorf("start PostgreSQL: %w", err)
+		return fmt.Errorf("start %s: %w", db.title, err)
 	}
 	defer func() {
-		if err := pg.Stop(); err != nil {
-			log.Error("stop PostgreSQL", zap.Error(err))
+		if err := srv.stop(); err != nil {
+			log.Error("stop "+db.title, zap.Error(err))
 		}
 	}()
-	dsn := pg.DSN("postgres")
 
-	if err := createSchema(ctx, dsn); err != nil {
+	if err := createSchema(ctx, srv, db.sql); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
-	log.Info("created the shop schema with seed rows", zap.Strings("tables", tables))
+	log.Info("created the shop schema with seed rows", zap.Strings("tables", db.tables))
 
-	cfg, err := demoConfig(f, dsn, filepath.Join(tmp, "kafka"))
+	cfg, err := demoConfig(f, db, srv.dsn(), filepath.Join(tmp, "kafka"))
 	if err != nil {
 		return err
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	if f.rate > 0 {
-		g.Go(func() error { return runWorkload(gctx, dsn, f.rate, log.Named("workload")) })
+		g.Go(func() error { return runWorkload(gctx, srv, db.sql, f.rate, log.Named("workload")) })
 	}
 	g.Go(func() error {
 		return daemon.Run(gctx, cfg, log, daemon.Options{
 			Started: func(httpAddr string, brokers []string) {
-				onStart(started{dsn: dsn, pgPort: pg.Port(), pgDir: pg.Dir(), tmp: tmp, httpAddr: httpAddr, brokers: brokers})
+				onStart(started{db: db, dsn: srv.dsn(), shell: srv.shell(), dbDir: srv.dir(), tmp: tmp, httpAddr: httpAddr, brokers: brokers})
 			},
 		})
 	})
@@ -153,19 +216,19 @@ func run(ctx context.Context, f flags, log *zap.Logger, onStart func(started)) e
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	log.Info("demo stopped; stopping PostgreSQL and removing the temp dirs")
+	log.Info("demo stopped; stopping " + db.title + " and removing the temp dirs")
 	return nil
 }
 
 // demoConfig is the configuration the demo runs, built the way a config file is: defaults, then
 // validation.
-func demoConfig(f flags, dsn, kafkaDir string) (*config.Config, error) {
+func demoConfig(f flags, db *database, dsn, kafkaDir string) (*config.Config, error) {
 	cfg := &config.Config{
 		Name: name,
 		Source: config.Source{
-			Type:     "postgres",
+			Type:     db.sourceType,
 			DSN:      config.Secret(dsn),
-			Tables:   tables,
+			Tables:   db.tables,
 			Snapshot: "initial",
 		},
 		Kafka: config.Kafka{
@@ -206,13 +269,13 @@ func portFree(addr, what, flagName string) error {
 
 // printBanner tells the user what is running and how to look at it.
 func printBanner(w io.Writer, f flags, s started) {
-	broker := strings.Join(s.brokers, ",")
+	broker, tables := strings.Join(s.brokers, ","), s.db.tables
 	var b strings.Builder
 	line := strings.Repeat("=", 78)
 	fmt.Fprintf(&b, "\n%s\n", line)
-	fmt.Fprintf(&b, "Tideline demo is running: PostgreSQL -> Tideline -> embedded Kafka broker\n\n")
-	fmt.Fprintf(&b, "  PostgreSQL   %s\n", s.dsn)
-	fmt.Fprintf(&b, "               psql 'postgres://postgres@127.0.0.1:%d/postgres'\n", s.pgPort)
+	fmt.Fprintf(&b, "Tideline demo is running: %s -> Tideline -> embedded Kafka broker\n\n", s.db.title)
+	fmt.Fprintf(&b, "  %-13s%s\n", s.db.title, s.dsn)
+	fmt.Fprintf(&b, "               %s\n", s.shell)
 	if f.rate > 0 {
 		fmt.Fprintf(&b, "  Workload     ~%d transactions/s of inserts, updates and deletes on both tables\n", f.rate)
 	}

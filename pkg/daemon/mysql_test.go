@@ -556,3 +556,27 @@ func TestMySQLCharsetsZeroDatesNulls(t *testing.T) {
 	}
 	r.stop(t)
 }
+
+func TestMySQLPrivilegesAndTables(t *testing.T) {
+	m := newMEnv(t, testenv.MariaDBOptions{})
+	m.exec("CREATE TABLE app.a (id INT PRIMARY KEY)",
+		"CREATE USER 'weak'@'%' IDENTIFIED BY 's3cret-pw'", "GRANT SELECT ON app.* TO 'weak'@'%'")
+	run := func(c *config.Config) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return daemon.Run(ctx, c, nopLogger(), daemon.Options{})
+	}
+	err := run(m.config([]string{"app.a"}, func(c *config.Config) {
+		c.Source.DSN = config.Secret(fmt.Sprintf("mysql://weak:s3cret-pw@127.0.0.1:%d/app", m.db.Port()))
+	}))
+	if err == nil || !capture.IsFatal(err) || !strings.Contains(err.Error(), "REPLICATION SLAVE") || !strings.Contains(err.Error(), "REPLICATION CLIENT") {
+		t.Errorf("user without replication privileges: %v", err)
+	}
+	if err != nil && strings.Contains(err.Error(), "s3cret-pw") {
+		t.Errorf("error shows the password: %v", err)
+	}
+	err = run(m.config([]string{"app.nope"}, nil))
+	if err == nil || !capture.IsFatal(err) || !strings.Contains(err.Error(), `"app.nope" matches no table`) {
+		t.Errorf("missing table: %v", err)
+	}
+}
