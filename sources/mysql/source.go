@@ -312,6 +312,8 @@ type stream struct {
 	ts       int64 // event timestamp, ms
 	lastHand time.Time
 
+	waitCancel context.CancelFunc
+
 	ev      change.Event
 	before  []change.Value
 	after   []change.Value
@@ -323,17 +325,19 @@ func (st *stream) run(ctx context.Context, streamer *replication.BinlogStreamer)
 	if tick <= 0 {
 		tick = time.Millisecond
 	}
+	// One deadline per tick, not per event: when it passes, what the
+	// stream holds outside a transaction is handed over, so a quiet
+	// stream's last transaction waits at most a tick.
+	wctx := st.renewWait(ctx, tick)
+	defer st.stopWait()
 	for {
-		// One deadline per wait: an event that arrives resets nothing, a
-		// quiet stream wakes up to hand over what it holds.
-		wctx, cancel := context.WithTimeout(ctx, tick)
 		ev, err := streamer.GetEvent(wctx)
-		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			if errors.Is(err, context.DeadlineExceeded) {
+				wctx = st.renewWait(ctx, tick)
 				if !st.inTx && (len(st.batch.Records) > 0 || (st.batch.Checkpoint != "" && time.Since(st.lastHand) > time.Second)) {
 					if err := st.flush(ctx); err != nil {
 						return err
@@ -351,6 +355,20 @@ func (st *stream) run(ctx context.Context, streamer *replication.BinlogStreamer)
 		if err := st.event(ctx, ev); err != nil {
 			return err
 		}
+	}
+}
+
+// renewWait replaces the wait deadline with one tick from now.
+func (st *stream) renewWait(ctx context.Context, tick time.Duration) context.Context {
+	st.stopWait()
+	wctx, cancel := context.WithTimeout(ctx, tick)
+	st.waitCancel = cancel
+	return wctx
+}
+
+func (st *stream) stopWait() {
+	if st.waitCancel != nil {
+		st.waitCancel()
 	}
 }
 
