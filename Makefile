@@ -13,6 +13,8 @@ LDFLAGS := -X $(MODULE)/pkg/daemon.Version=$(VERSION)
 # Extra flags for the demo and the benchmark, e.g. make demo DEMO_FLAGS='-kafka 127.0.0.1:19092'.
 DEMO_FLAGS  ?=
 BENCH_FLAGS ?=
+# The demo's source database: empty (or postgres) for PostgreSQL, mysql for MariaDB.
+SOURCE ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test bench build vet fmt lint clean
@@ -23,10 +25,10 @@ help: ## list the targets
 
 # The programs are built and run, not `go run`: Ctrl-C then reaches the program itself, which
 # stops its servers and removes its temp dirs.
-demo: ## run a throwaway PostgreSQL with a shop workload, streamed into an embedded Kafka (Ctrl-C stops)
-	@bash scripts/ensure-packages.sh demo
+demo: ## run a throwaway PostgreSQL (SOURCE=mysql: MariaDB) with a shop workload, streamed into an embedded Kafka (Ctrl-C stops)
+	@bash scripts/ensure-packages.sh demo$(if $(SOURCE),-$(SOURCE))
 	go build -ldflags '$(LDFLAGS)' -o bin/tideline-demo ./cmd/tideline-demo
-	./bin/tideline-demo $(DEMO_FLAGS)
+	./bin/tideline-demo $(if $(SOURCE),-source $(SOURCE)) $(DEMO_FLAGS)
 
 # One go test invocation, last, so its summary lines end the output.
 test: ## install missing test packages (postgresql, mariadb-server, kcat, gcc), then go test -race ./...

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # ensure-packages.sh MODE: install the system packages MODE needs, and only the missing ones.
 #
-#   demo   PostgreSQL server binaries (make demo starts a throwaway server from them)
-#   bench  the same (make bench; pg_recvlogical comes with them)
+#   demo   PostgreSQL server binaries (make demo starts a throwaway server from them);
+#          demo-postgres is the same
+#   demo-mysql
+#          MariaDB server binaries (make demo SOURCE=mysql)
+#   bench  PostgreSQL server binaries (make bench; pg_recvlogical comes with them)
 #   test   PostgreSQL and MariaDB server binaries, kcat, and a C compiler for go test -race
 #
 # Idempotent: when everything is present it installs nothing and does not touch apt. Packages come
@@ -13,14 +16,19 @@
 set -euo pipefail
 
 usage() {
-	echo "usage: $0 demo|bench|test" >&2
+	echo "usage: $0 demo|demo-postgres|demo-mysql|bench|test" >&2
 	exit 2
 }
 
 [[ $# -eq 1 ]] || usage
 mode=$1
 case "$mode" in
-demo | bench | test) ;;
+demo | demo-postgres | demo-mysql | bench | test) ;;
+demo-*)
+	# make demo SOURCE=x passes demo-x: name the make variable, not this script's modes.
+	echo "make demo: unknown SOURCE=${mode#demo-}: want postgres (the default) or mysql" >&2
+	exit 2
+	;;
 *) usage ;;
 esac
 
@@ -66,9 +74,12 @@ have_cc() { command -v gcc >/dev/null 2>&1 && [[ -e /usr/include/stdlib.h ]]; }
 # check: fill missing with the packages this mode lacks.
 check() {
 	missing=()
-	have_postgres || missing+=(postgresql)
-	if [[ $mode == test ]]; then
+	# The MariaDB demo needs no PostgreSQL.
+	[[ $mode == demo-mysql ]] || have_postgres || missing+=(postgresql)
+	if [[ $mode == test || $mode == demo-mysql ]]; then
 		have_mariadb || missing+=(mariadb-server)
+	fi
+	if [[ $mode == test ]]; then
 		have_kcat || missing+=(kcat)
 		have_cc || missing+=(gcc libc6-dev)
 	fi

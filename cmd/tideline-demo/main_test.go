@@ -20,7 +20,26 @@ import (
 // look at: both topics fill with snapshot rows and with inserts, updates and deletes, the
 // metrics count them, /readyz answers ready, and stopping removes the server and the temp dirs.
 func TestDemo(t *testing.T) {
-	f := flags{kafka: "127.0.0.1:0", http: "127.0.0.1:0", rate: 50}
+	testDemo(t, "", "shop.public.customers", "shop.public.orders",
+		`tideline_events_total{op="c",pipeline="shop",table="public.orders"}`)
+}
+
+// TestDemoMySQL is TestDemo for make demo SOURCE=mysql: MariaDB, whose topics are
+// <name>.<database>.<table>. Its metrics label a table by its name alone (the PostgreSQL
+// source's by schema.name).
+func TestDemoMySQL(t *testing.T) {
+	testDemo(t, "mysql", "shop.shop.customers", "shop.shop.orders",
+		`tideline_events_total{op="c",pipeline="shop",table="shop.orders"}`)
+}
+
+// testDemo runs the demo on source and checks it; customers and orders are the topics it must
+// name and fill, orderInserts the metric line counting order inserts.
+func testDemo(t *testing.T, source, customers, orders, orderInserts string) {
+	f := flags{source: source, kafka: "127.0.0.1:0", http: "127.0.0.1:0", rate: 50}
+	db, err := f.database()
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	startc := make(chan started, 1)
@@ -39,8 +58,9 @@ func TestDemo(t *testing.T) {
 	var banner strings.Builder
 	printBanner(&banner, f, s)
 	for _, want := range []string{
-		"shop.public.customers", "shop.public.orders",
-		"kcat -b " + s.brokers[0] + " -C -t shop.public.customers -f '%k %s\\n'",
+		"Tideline demo is running: " + db.title + " -> ", s.dsn, s.shell,
+		customers, orders,
+		"kcat -b " + s.brokers[0] + " -C -t " + customers + " -f '%k %s\\n'",
 		"apt-get install kcat",
 		"http://" + s.httpAddr + "/metrics", "http://" + s.httpAddr + "/readyz",
 		"Ctrl-C to stop",
@@ -50,15 +70,17 @@ func TestDemo(t *testing.T) {
 		}
 	}
 
-	// Every op on both tables: the snapshot's reads, then the workload's changes.
+	// Every op on both tables: the snapshot's reads, then the workload's changes. A table is
+	// schema.table for PostgreSQL and db.table for MySQL, whose source blocks have no schema:
+	// as source.tables names it either way.
 	want := map[string]bool{}
-	for _, tb := range tables {
+	for _, tb := range db.tables {
 		for _, op := range []string{"r", "c", "u", "d"} {
 			want[tb+" "+op] = true
 		}
 	}
 	cl, err := kgo.NewClient(kgo.SeedBrokers(s.brokers...),
-		kgo.ConsumeTopics("shop.public.customers", "shop.public.orders"),
+		kgo.ConsumeTopics(customers, orders),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
 		t.Fatal(err)
@@ -78,6 +100,7 @@ func TestDemo(t *testing.T) {
 			var env struct {
 				Op     string `json:"op"`
 				Source struct {
+					DB     string `json:"db"`
 					Schema string `json:"schema"`
 					Table  string `json:"table"`
 				} `json:"source"`
@@ -85,11 +108,15 @@ func TestDemo(t *testing.T) {
 			if err := json.Unmarshal(r.Value, &env); err != nil {
 				t.Fatalf("record on %s is not a JSON envelope: %v: %s", r.Topic, err, r.Value)
 			}
-			delete(want, env.Source.Schema+"."+env.Source.Table+" "+env.Op)
+			ns := env.Source.Schema
+			if ns == "" {
+				ns = env.Source.DB
+			}
+			delete(want, ns+"."+env.Source.Table+" "+env.Op)
 		})
 	}
 
-	if body := get(t, "http://"+s.httpAddr+"/metrics"); !strings.Contains(body, `tideline_events_total{op="c",pipeline="shop",table="public.orders"}`) {
+	if body := get(t, "http://"+s.httpAddr+"/metrics"); !strings.Contains(body, orderInserts) {
 		t.Errorf("/metrics does not count order inserts:\n%s", body)
 	}
 	deadline := time.Now().Add(time.Minute)
@@ -109,7 +136,7 @@ func TestDemo(t *testing.T) {
 	case <-time.After(2 * time.Minute):
 		t.Fatal("demo did not stop within 2m of its cancellation")
 	}
-	for _, dir := range []string{s.pgDir, s.tmp} {
+	for _, dir := range []string{s.dbDir, s.tmp} {
 		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s is left behind (stat: %v)", dir, err)
 		}
@@ -129,6 +156,16 @@ func TestPortTaken(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "port "+port+" is taken") || !strings.Contains(err.Error(), "-kafka") {
 		t.Fatalf("err = %v, want one naming port %s and the -kafka flag", err, port)
+	}
+}
+
+// TestUnknownSource checks that a -source the demo does not know fails at once.
+func TestUnknownSource(t *testing.T) {
+	err := run(context.Background(), flags{source: "oracle", kafka: "127.0.0.1:0", http: "127.0.0.1:0"}, zaptest.NewLogger(t), func(started) {
+		t.Error("demo started with an unknown source")
+	})
+	if err == nil || !strings.Contains(err.Error(), `-source "oracle"`) {
+		t.Fatalf("err = %v, want one naming -source \"oracle\"", err)
 	}
 }
 

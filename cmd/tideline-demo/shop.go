@@ -2,60 +2,62 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 )
 
-// schema is the shop: customers and their orders, with seed rows. The seed rows reach Kafka
-// through the initial snapshot (op "r"), the workload's changes through the WAL (c, u, d).
-const schema = `
-CREATE TABLE public.customers (
-	id         bigserial PRIMARY KEY,
-	email      text NOT NULL,
-	name       text NOT NULL,
-	country    text NOT NULL,
-	created_at timestamptz NOT NULL DEFAULT now(),
-	updated_at timestamptz
-);
+// shopSQL is the shop in one server's SQL: the schema and the workload's statements. Each
+// statement's placeholders take the arguments in the order its comment lists.
+type shopSQL struct {
+	// schema creates the shop tables and their seed rows. The seed rows reach Kafka through the
+	// initial snapshot (op "r"), the workload's changes through the log (c, u, d).
+	schema []string
 
-CREATE TABLE public.orders (
-	id          bigserial PRIMARY KEY,
-	customer_id bigint NOT NULL REFERENCES public.customers,
-	status      text NOT NULL,
-	total       numeric(12,2) NOT NULL,
-	items       jsonb NOT NULL,
-	created_at  timestamptz NOT NULL DEFAULT now()
-);
+	maxCustomer    string // the highest customer id, 0 when there are none
+	maxOrder       string // the highest order id, 0 when there are none
+	countCustomer  string // id: 1 when that customer exists, else 0
+	insertCustomer string // email, name, country: inserts a customer
+	insertOrder    string // customer id, total (a float64), items (JSON text): inserts a pending order
+	advanceOrder   string // id: pending -> paid -> shipped -> delivered
+	updateCustomer string // country, id: a customer moved
+	cancelOrder    string // id: deletes the order unless it is shipped or delivered
+	deleteOrders   string // customer id: deletes the customer's orders
+	deleteCustomer string // id: deletes the customer
+}
 
-INSERT INTO public.customers (email, name, country)
-SELECT 'customer' || i || '@example.com',
-       (ARRAY['Ada','Grace','Alan','Edsger','Barbara','Ken','Margaret','Dennis'])[1 + i % 8] || ' ' ||
-       (ARRAY['Lovelace','Hopper','Turing','Dijkstra','Liskov','Thompson','Hamilton','Ritchie'])[1 + (i / 8) % 8],
-       (ARRAY['DE','FR','GB','NL','US','JP','BR','IN'])[1 + i % 8]
-FROM generate_series(1, 50) AS i;
+// shopConn is one connection to a shop database. One goroutine uses it; a cancelled context
+// makes a statement in progress fail or, on servers whose client has no cancellation, is only
+// noticed after it.
+type shopConn interface {
+	// tx runs fn in one transaction: its statements, run through this connection, commit
+	// together when fn returns nil and roll back when it fails.
+	tx(ctx context.Context, fn func() error) error
+	// exec runs a statement that returns no rows.
+	exec(ctx context.Context, q string, args ...any) error
+	// queryInt runs a query and returns the first column of its one row.
+	queryInt(ctx context.Context, q string, args ...any) (int64, error)
+	// insert runs an INSERT of one row and returns the new row's id.
+	insert(ctx context.Context, q string, args ...any) (int64, error)
+	// close closes the connection.
+	close()
+}
 
-INSERT INTO public.orders (customer_id, status, total, items)
-SELECT 1 + i % 50,
-       (ARRAY['pending','paid','shipped','delivered'])[1 + i % 4],
-       round((5 + random() * 200)::numeric, 2),
-       jsonb_build_array(jsonb_build_object('sku', 'SKU-' || (100 + i % 17), 'qty', 1 + i % 3))
-FROM generate_series(1, 120) AS i;
-`
-
-// createSchema creates the shop tables and their seed rows in the database at dsn.
-func createSchema(ctx context.Context, dsn string) error {
-	conn, err := pgx.Connect(ctx, dsn)
+// createSchema creates the shop tables and their seed rows on srv.
+func createSchema(ctx context.Context, srv server, sql *shopSQL) error {
+	conn, err := srv.connect(ctx)
 	if err != nil {
 		return fmt.Errorf("connect to the demo database: %w", err)
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, schema); err != nil {
-		return fmt.Errorf("create the shop schema: %w", err)
+	defer conn.close()
+	for _, q := range sql.schema {
+		if err := conn.exec(ctx, q); err != nil {
+			return fmt.Errorf("create the shop schema: %w", err)
+		}
 	}
 	return nil
 }
@@ -69,7 +71,8 @@ var (
 
 // workload is the shop's traffic: one connection, used by one goroutine.
 type workload struct {
-	conn *pgx.Conn
+	conn shopConn
+	sql  *shopSQL
 	rnd  *rand.Rand
 	// maxCustomer and maxOrder are the highest ids inserted so far. Updates and deletes pick an
 	// id below them at random; one that was deleted meanwhile matches no row, which is fine.
@@ -80,20 +83,20 @@ type workload struct {
 // then returns nil. Each transaction is one shop action: a sign-up with a first order, an order,
 // an order moving on (paid, shipped, delivered), a customer's new address, a cancelled order, or
 // a closed account (its orders and the customer deleted together).
-func runWorkload(ctx context.Context, dsn string, rate int, log *zap.Logger) error {
-	conn, err := pgx.Connect(ctx, dsn)
+func runWorkload(ctx context.Context, srv server, sql *shopSQL, rate int, log *zap.Logger) error {
+	conn, err := srv.connect(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return fmt.Errorf("workload: connect: %w", err)
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	w := &workload{conn: conn, rnd: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))}
-	if err := conn.QueryRow(ctx, "SELECT coalesce(max(id), 0) FROM public.customers").Scan(&w.maxCustomer); err != nil {
+	defer conn.close()
+	w := &workload{conn: conn, sql: sql, rnd: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))}
+	if w.maxCustomer, err = conn.queryInt(ctx, sql.maxCustomer); err != nil {
 		return quiet(ctx, fmt.Errorf("workload: read customers: %w", err))
 	}
-	if err := conn.QueryRow(ctx, "SELECT coalesce(max(id), 0) FROM public.orders").Scan(&w.maxOrder); err != nil {
+	if w.maxOrder, err = conn.queryInt(ctx, sql.maxOrder); err != nil {
 		return quiet(ctx, fmt.Errorf("workload: read orders: %w", err))
 	}
 	log.Info("workload started", zap.Int("tx_per_second", rate))
@@ -115,7 +118,7 @@ func runWorkload(ctx context.Context, dsn string, rate int, log *zap.Logger) err
 			txs = 0
 		case <-tick.C:
 			act := w.action()
-			if err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error { return act(ctx, tx) }); err != nil {
+			if err := conn.tx(ctx, func() error { return act(ctx) }); err != nil {
 				return quiet(ctx, fmt.Errorf("workload: %w", err))
 			}
 			txs++
@@ -133,7 +136,7 @@ func quiet(ctx context.Context, err error) error {
 }
 
 // action picks the next transaction's work.
-func (w *workload) action() func(context.Context, pgx.Tx) error {
+func (w *workload) action() func(context.Context) error {
 	if w.maxCustomer == 0 || w.maxOrder == 0 {
 		return w.signUp
 	}
@@ -153,36 +156,35 @@ func (w *workload) action() func(context.Context, pgx.Tx) error {
 	}
 }
 
-func (w *workload) signUp(ctx context.Context, tx pgx.Tx) error {
+func (w *workload) signUp(ctx context.Context) error {
 	first, last := firstNames[w.rnd.IntN(len(firstNames))], lastNames[w.rnd.IntN(len(lastNames))]
-	var id int64
-	err := tx.QueryRow(ctx, `INSERT INTO public.customers (email, name, country) VALUES ($1, $2, $3) RETURNING id`,
+	id, err := w.conn.insert(ctx, w.sql.insertCustomer,
 		fmt.Sprintf("%s.%s.%d@example.com", first, last, w.rnd.IntN(100000)), first+" "+last,
-		countries[w.rnd.IntN(len(countries))]).Scan(&id)
+		countries[w.rnd.IntN(len(countries))])
 	if err != nil {
 		return fmt.Errorf("sign up: %w", err)
 	}
 	w.maxCustomer = max(w.maxCustomer, id)
-	return w.insertOrder(ctx, tx, id)
+	return w.insertOrder(ctx, id)
 }
 
-func (w *workload) placeOrder(ctx context.Context, tx pgx.Tx) error {
+func (w *workload) placeOrder(ctx context.Context) error {
 	// A customer picked at random may have closed the account: then the order goes to the
 	// newest one, which the workload never deletes before it places an order for it.
 	id := 1 + w.rnd.Int64N(w.maxCustomer)
-	var ok bool
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM public.customers WHERE id = $1)`, id).Scan(&ok); err != nil {
+	n, err := w.conn.queryInt(ctx, w.sql.countCustomer, id)
+	if err != nil {
 		return fmt.Errorf("place order: %w", err)
 	}
-	if !ok {
-		if err := tx.QueryRow(ctx, `SELECT max(id) FROM public.customers`).Scan(&id); err != nil {
+	if n == 0 {
+		if id, err = w.conn.queryInt(ctx, w.sql.maxCustomer); err != nil {
 			return fmt.Errorf("place order: %w", err)
 		}
 	}
-	return w.insertOrder(ctx, tx, id)
+	return w.insertOrder(ctx, id)
 }
 
-func (w *workload) insertOrder(ctx context.Context, tx pgx.Tx, customer int64) error {
+func (w *workload) insertOrder(ctx context.Context, customer int64) error {
 	items := make([]map[string]any, 1+w.rnd.IntN(3))
 	total := 0.0
 	for i := range items {
@@ -190,10 +192,11 @@ func (w *workload) insertOrder(ctx context.Context, tx pgx.Tx, customer int64) e
 		items[i] = map[string]any{"sku": skus[w.rnd.IntN(len(skus))], "qty": qty, "price": fmt.Sprintf("%.2f", price)}
 		total += float64(qty) * price
 	}
-	var id int64
-	err := tx.QueryRow(ctx,
-		`INSERT INTO public.orders (customer_id, status, total, items) VALUES ($1, 'pending', round($2::numeric, 2), $3) RETURNING id`,
-		customer, total, items).Scan(&id)
+	js, err := json.Marshal(items)
+	if err != nil {
+		return fmt.Errorf("insert order: %w", err)
+	}
+	id, err := w.conn.insert(ctx, w.sql.insertOrder, customer, total, string(js))
 	if err != nil {
 		return fmt.Errorf("insert order: %w", err)
 	}
@@ -201,44 +204,38 @@ func (w *workload) insertOrder(ctx context.Context, tx pgx.Tx, customer int64) e
 	return nil
 }
 
-func (w *workload) advanceOrder(ctx context.Context, tx pgx.Tx) error {
-	_, err := tx.Exec(ctx, `UPDATE public.orders SET status = CASE status
-		WHEN 'pending' THEN 'paid' WHEN 'paid' THEN 'shipped' ELSE 'delivered' END
-		WHERE id = $1 AND status <> 'delivered'`, 1+w.rnd.Int64N(w.maxOrder))
-	if err != nil {
+func (w *workload) advanceOrder(ctx context.Context) error {
+	if err := w.conn.exec(ctx, w.sql.advanceOrder, 1+w.rnd.Int64N(w.maxOrder)); err != nil {
 		return fmt.Errorf("advance order: %w", err)
 	}
 	return nil
 }
 
-func (w *workload) updateCustomer(ctx context.Context, tx pgx.Tx) error {
-	_, err := tx.Exec(ctx, `UPDATE public.customers SET country = $2, updated_at = now() WHERE id = $1`,
-		1+w.rnd.Int64N(w.maxCustomer), countries[w.rnd.IntN(len(countries))])
+func (w *workload) updateCustomer(ctx context.Context) error {
+	err := w.conn.exec(ctx, w.sql.updateCustomer, countries[w.rnd.IntN(len(countries))], 1+w.rnd.Int64N(w.maxCustomer))
 	if err != nil {
 		return fmt.Errorf("update customer: %w", err)
 	}
 	return nil
 }
 
-func (w *workload) cancelOrder(ctx context.Context, tx pgx.Tx) error {
-	_, err := tx.Exec(ctx, `DELETE FROM public.orders WHERE id = $1 AND status IN ('pending', 'paid')`,
-		1+w.rnd.Int64N(w.maxOrder))
-	if err != nil {
+func (w *workload) cancelOrder(ctx context.Context) error {
+	if err := w.conn.exec(ctx, w.sql.cancelOrder, 1+w.rnd.Int64N(w.maxOrder)); err != nil {
 		return fmt.Errorf("cancel order: %w", err)
 	}
 	return nil
 }
 
-func (w *workload) closeAccount(ctx context.Context, tx pgx.Tx) error {
+func (w *workload) closeAccount(ctx context.Context) error {
 	// Never the newest customer: placeOrder falls back to it.
 	if w.maxCustomer < 2 {
 		return nil
 	}
 	id := 1 + w.rnd.Int64N(w.maxCustomer-1)
-	if _, err := tx.Exec(ctx, `DELETE FROM public.orders WHERE customer_id = $1`, id); err != nil {
+	if err := w.conn.exec(ctx, w.sql.deleteOrders, id); err != nil {
 		return fmt.Errorf("close account: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM public.customers WHERE id = $1`, id); err != nil {
+	if err := w.conn.exec(ctx, w.sql.deleteCustomer, id); err != nil {
 		return fmt.Errorf("close account: %w", err)
 	}
 	return nil

@@ -187,9 +187,12 @@ func (p *Pipeline) count(b *change.Batch) {
 					clear(p.events) // every schema change makes a new *Table
 				}
 				c = new([len(opIndex)]prometheus.Counter)
+				// schema.table (PostgreSQL) or db.table (MySQL).
 				tname := r.Table.Name
 				if r.Table.Schema != "" {
 					tname = r.Table.Schema + "." + r.Table.Name
+				} else if r.Table.Database != "" {
+					tname = r.Table.Database + "." + r.Table.Name
 				}
 				for j, op := range opIndex {
 					c[j] = p.m.Events.WithLabelValues(p.name, tname, op.String())
