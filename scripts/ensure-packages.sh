@@ -5,7 +5,7 @@
 #          demo-postgres is the same
 #   demo-mysql
 #          MariaDB server binaries (make demo SOURCE=mysql)
-#   bench  PostgreSQL server binaries (make bench; pg_recvlogical comes with them)
+#   bench  PostgreSQL server binaries (pg_recvlogical comes with them) and mariadb-server (make bench)
 #   test   PostgreSQL and MariaDB server binaries, kcat, and a C compiler for go test -race
 #
 # Idempotent: when everything is present it installs nothing and does not touch apt. Packages come
@@ -76,7 +76,7 @@ check() {
 	missing=()
 	# The MariaDB demo needs no PostgreSQL.
 	[[ $mode == demo-mysql ]] || have_postgres || missing+=(postgresql)
-	if [[ $mode == test || $mode == demo-mysql ]]; then
+	if [[ $mode == test || $mode == demo-mysql || $mode == bench ]]; then
 		have_mariadb || missing+=(mariadb-server)
 	fi
 	if [[ $mode == test ]]; then

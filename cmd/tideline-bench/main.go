@@ -10,6 +10,8 @@
 //	workload B  single-row transactions: -single transactions
 //	latency     commit -> Kafka-ack latency at -rate tx/s for -duration
 //	extra       pg_recvlogical text vs binary=true on workload A
+//	M-A, M-B    the same two shapes on a throwaway MariaDB, Tideline vs
+//	            mariadb-binlog reading the same binlog range (mysql.go)
 //
 // Both readers of a workload read the same WAL: their slots are created at
 // the same point, before the load is generated, and each is timed from its
@@ -21,6 +23,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
@@ -43,28 +46,39 @@ type options struct {
 	cpuProfile string
 	latencyCSV string
 	compress   string
+
+	skipMySQL   bool
+	mysqlBig    int
+	mysqlSingle int
 }
 
 func main() {
 	var o options
 	flag.IntVar(&o.big, "big", 1_000_000, "workload A: rows inserted in big transactions (0 skips it)")
-	flag.IntVar(&o.txSize, "tx-size", 10_000, "workload A: rows per transaction")
+	flag.IntVar(&o.txSize, "tx-size", 10_000, "workloads A and M-A: rows per transaction")
 	flag.IntVar(&o.single, "single", 1_000_000, "workload B: single-row transactions (0 skips it)")
-	flag.IntVar(&o.rounds, "rounds", 1, "workloads A and B: time each reader this many times (alternating, each on its own slot made at the same point) and keep the fastest")
+	flag.IntVar(&o.rounds, "rounds", 1, "workloads A, B, M-A and M-B: time each reader this many times (alternating, each on its own slot made at the same point) and keep the fastest")
 	flag.IntVar(&o.genConns, "gen-conns", 2, "workload B: connections generating the transactions")
 	flag.IntVar(&o.rate, "rate", 1000, "latency: transactions per second")
 	flag.DurationVar(&o.duration, "duration", 20*time.Second, "latency: how long the generator runs")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "latency: samples of the first part of the run that are dropped")
 	flag.IntVar(&o.latWorkers, "lat-workers", 4, "latency: generator connections")
 	flag.BoolVar(&o.skipLat, "skip-latency", false, "skip the latency measurement")
-	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each Tideline throughput run: FILE for workload A, FILE.single for workload B")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each Tideline throughput run: FILE for workload A, FILE.single for B, FILE.mysql for M-A, FILE.mysql.single for M-B")
 	flag.StringVar(&o.compress, "compression", "lz4", "kafka.compression for Tideline (lz4, zstd, snappy, gzip, none)")
+	flag.BoolVar(&o.skipMySQL, "skip-mysql", false, "skip the MySQL (MariaDB) workloads M-A and M-B")
+	flag.IntVar(&o.mysqlBig, "mysql-big", 1_000_000, "workload M-A: rows inserted into MariaDB in transactions of -tx-size rows (0 skips it)")
+	flag.IntVar(&o.mysqlSingle, "mysql-single", defaultMySQLSingle, "workload M-B: single-row transactions on MariaDB (0 skips it)")
 	flag.StringVar(&o.latencyCSV, "latency-csv", "", "write every latency sample (commit time, latency) to this CSV file")
 	flag.Parse()
 	if o.rounds < 1 || o.txSize < 1 || o.genConns < 1 || o.rate < 1 || o.latWorkers < 1 || o.duration <= o.warmup {
 		fmt.Fprintln(os.Stderr, "tideline-bench: -rounds, -tx-size, -gen-conns, -rate and -lat-workers must be positive, and -duration longer than -warmup")
 		os.Exit(2)
 	}
+
+	// go-mysql's BinlogSyncer logs through slog.Default() when given no
+	// logger (Tideline's MySQL source gives it none): only its warnings.
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 
 	// Ctrl-C cancels ctx; run's deferred stops then shut PostgreSQL and the
 	// broker down before the process exits.
@@ -113,6 +127,9 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if ctx.Err() == nil && !o.skipLat {
 		rep.latency = b.workloadLatency(ctx)
+	}
+	if ctx.Err() == nil && !o.skipMySQL && (o.mysqlBig > 0 || o.mysqlSingle > 0) {
+		rep.mysql = b.workloadsMySQL(ctx)
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", ctx.Err())

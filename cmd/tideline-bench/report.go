@@ -15,6 +15,7 @@ type report struct {
 	bigBinary measure
 	single    throughput
 	latency   latency
+	mysql     mysqlReport
 
 	heapPeak, heapEnd uint64 // Go heap in use, bytes
 	vmHWM, vmRSS      uint64 // bytes
@@ -29,15 +30,24 @@ func (r *report) print(w io.Writer, o options) {
 	fmt.Fprintf(w, "- Machine: %d CPUs (%s), GOMAXPROCS %d, %s; load average %s at start, %s at end\n",
 		f.cpus, f.cpuModel, f.gomaxprocs, f.goVersion, f.loadStart, loadAvg())
 	fmt.Fprintf(w, "- PostgreSQL: %s (fsync off, throwaway cluster); %s\n", f.pgVersion, f.recv)
-	fmt.Fprintf(w, "- Kafka: in-process kfake broker in the same process as Tideline (acks=all, lz4): it shares the %d CPUs and the Go heap with Tideline. pg_recvlogical writes to /dev/null.\n", f.cpus)
+	if m := r.mysql; m.ran {
+		fmt.Fprintf(w, "- MariaDB: %s (binlog_format ROW, row image FULL, throwaway server, innodb_flush_log_at_trx_commit 0, sync_binlog 0); %s\n", m.version, m.binlogTool)
+	}
+	fmt.Fprintf(w, "- Kafka: in-process kfake broker in the same process as Tideline (acks=all, %s): it shares the %d CPUs and the Go heap with Tideline. pg_recvlogical and mariadb-binlog write to /dev/null.\n", o.compress, f.cpus)
 	fmt.Fprintf(w, "- Each workload's readers use slots created at the same WAL position before the load; pg_recvlogical is timed to --endpos, Tideline until Kafka acknowledged every event")
 	if o.rounds > 1 {
 		fmt.Fprintf(w, "; the fastest of %d alternating rounds", o.rounds)
 	}
-	fmt.Fprintf(w, ".\n\n")
+	fmt.Fprintf(w, ".\n")
+	if r.mysql.ran {
+		fmt.Fprintf(w, "- MySQL workloads: both readers read the binlog range recorded (SHOW MASTER STATUS, @@gtid_binlog_pos) before and after the load; mariadb-binlog --read-from-remote-server is timed from its start to its exit at --stop-position, Tideline (started at the position before, written into its offsets topic) until Kafka acknowledged every event.\n")
+	}
+	fmt.Fprintln(w)
 
-	fmt.Fprintf(w, "| Workload | pg_recvlogical changes/s | Tideline changes/s | Ratio | Target | Met |\n")
-	fmt.Fprintf(w, "|---|---:|---:|---:|---|---|\n")
+	if r.big.label != "" || r.single.label != "" {
+		fmt.Fprintf(w, "| Workload | pg_recvlogical changes/s | Tideline changes/s | Ratio | Target | Met |\n")
+		fmt.Fprintf(w, "|---|---:|---:|---:|---|---|\n")
+	}
 	for _, t := range []throughput{r.big, r.single} {
 		if t.label == "" {
 			continue
@@ -73,6 +83,8 @@ func (r *report) print(w io.Writer, o options) {
 		}
 	}
 
+	r.printMySQL(w, o)
+
 	if r.big.label != "" && r.big.err == nil {
 		fmt.Fprintf(w, "\nFor the record (pg_recvlogical only, workload A, proto_version 1): text %s changes/s, binary=true %s changes/s",
 			rateCell(r.big.recv, r.big.events), rateCell(r.bigBinary, r.big.events))
@@ -105,6 +117,7 @@ func (r *report) print(w io.Writer, o options) {
 		fmt.Fprintf(w, "- Latency: %d transactions committed in %s (%.1f tx/s, asked %d); %.0f events acked; %s batches measured after warm-up, a batch's latency being its oldest transaction's%s\n",
 			l.committed, l.genTook.Round(time.Millisecond), l.achieved(), l.rate, l.events, thousands(len(l.samples)), memNote(l.mem))
 	}
+	r.printMySQLDetails(w)
 	fmt.Fprintf(w, "- Memory of this process over the whole run (Tideline + the kfake broker holding each workload's records + load generators): peak RSS (VmHWM) %.0f MiB, RSS at end %.0f MiB; Go heap in use (HeapInuse; never-written pages of a span are not resident, so it can exceed RSS) peak %.0f MiB, at end %.0f MiB\n",
 		mib(r.vmHWM), mib(r.vmRSS), mib(r.heapPeak), mib(r.heapEnd))
 	fmt.Fprintf(w, "- Whole run: %s\n", r.took.Round(time.Second))
@@ -178,4 +191,89 @@ func thousands(n int) string {
 		return "-" + b.String()
 	}
 	return b.String()
+}
+
+// printMySQL prints the MySQL workloads' table and the go-mysql figures.
+func (r *report) printMySQL(w io.Writer, o options) {
+	m := r.mysql
+	if o.skipMySQL || (o.mysqlBig <= 0 && o.mysqlSingle <= 0) {
+		return
+	}
+	fmt.Fprintf(w, "\n| MySQL workload (MariaDB binlog) | mariadb-binlog changes/s | Tideline changes/s | Ratio | Target | Met |\n")
+	fmt.Fprintf(w, "|---|---:|---:|---:|---|---|\n")
+	if !m.ran || m.err != nil {
+		why := m.skipped
+		if m.err != nil {
+			why = m.err.Error()
+		}
+		fmt.Fprintf(w, "| not run: %s | - | - | - | - | - |\n", strings.ReplaceAll(why, "|", "/"))
+		return
+	}
+	for _, t := range []mysqlThroughput{m.big, m.single} {
+		if t.label == "" {
+			continue
+		}
+		target := "-"
+		if t.targetRate > 0 {
+			target = fmt.Sprintf(">= %sk changes/s", thousands(int(t.targetRate/1000)))
+		}
+		if t.err != nil {
+			fmt.Fprintf(w, "| %s | error | error | - | %s | - |\n", t.label, target)
+			continue
+		}
+		rr, tr := t.recv.rate(t.events), t.tl.rate(t.events)
+		ratio, met := "-", "-"
+		if rr > 0 && tr > 0 {
+			ratio = fmt.Sprintf("%.2fx", tr/rr)
+		}
+		if t.targetRate > 0 && t.tl.err == nil {
+			met = yesNo(tr >= t.targetRate)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", t.label, rateCell(t.recv, t.events), rateCell(t.tl, t.events), ratio, target, met)
+	}
+	fmt.Fprintf(w, "\nmariadb-binlog's default output copies row events as base64 BINLOG statements: it does not decode rows, which Tideline does (and converts, encodes and sends to Kafka). ")
+	fmt.Fprintf(w, "For the record, other readers of the same binlog ranges, to /dev/null or nowhere: mariadb-binlog -v --base64-output=decode-rows (rows decoded into pseudo-SQL); go-mysql's BinlogSyncer, the library Tideline reads with, raw (RawModeEnabled, no decoding) and parsed (rows decoded):")
+	for _, t := range []mysqlThroughput{m.big, m.single} {
+		if t.label == "" || t.err != nil {
+			continue
+		}
+		fmt.Fprintf(w, " %s: decode-rows %s, go-mysql raw %s, go-mysql parsed %s changes/s;", strings.SplitN(t.label, ":", 2)[0],
+			rateCell(t.decoded, t.events), rateCell(t.goRaw, t.events), rateCell(t.goParsed, t.events))
+	}
+	fmt.Fprintln(w)
+}
+
+// printMySQLDetails prints the MySQL workloads' detail lines.
+func (r *report) printMySQLDetails(w io.Writer) {
+	m := r.mysql
+	if !m.ran {
+		if m.skipped != "" {
+			fmt.Fprintf(w, "- MySQL workloads skipped: %s\n", m.skipped)
+		}
+		return
+	}
+	if m.err != nil {
+		fmt.Fprintf(w, "- MySQL workloads: %v\n", m.err)
+		return
+	}
+	for _, t := range []mysqlThroughput{m.big, m.single} {
+		if t.label == "" {
+			continue
+		}
+		if t.err != nil {
+			fmt.Fprintf(w, "- %s: %v\n", t.label, t.err)
+			continue
+		}
+		fmt.Fprintf(w, "- %s: load generated in %s (%.0f transactions/s, %.1f MiB of binlog), binlog %s .. %s; mariadb-binlog %s, with decode-rows %s; go-mysql raw %s, parsed %s; Tideline %s%s\n",
+			t.label, t.genTook.Round(time.Millisecond), float64(txCount(t))/t.genTook.Seconds(),
+			float64(t.walBytes)/(1<<20), t.before, t.after, tookAll(t.recvRuns), took(t.decoded), took(t.goRaw), took(t.goParsed), tookAll(t.tlRuns), memNote(t.tl.mem))
+	}
+}
+
+// txCount is the number of transactions a MySQL workload generated.
+func txCount(t mysqlThroughput) int {
+	if s0, s1 := gtidSeq(t.before.GTID), gtidSeq(t.after.GTID); s0 >= 0 && s1 > s0 {
+		return int(s1 - s0)
+	}
+	return 0
 }

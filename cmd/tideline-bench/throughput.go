@@ -355,6 +355,9 @@ type tlRun struct {
 	events                        int
 	end                           pglogrepl.LSN
 	profile                       string // CPU profile file, "" for none
+	// cfg, when set, is the pipeline's config (the MySQL workloads); else
+	// a PostgreSQL one is built from name, slot, pub and table.
+	cfg *config.Config
 }
 
 // tidelineConfig returns a validated config streaming table from an
@@ -381,9 +384,12 @@ func (b *bench) tidelineConfig(name, slot, pub, table string, status time.Durati
 // events is acknowledged by Kafka: the events counter (counted at hand-off
 // to the publisher) has them all and nothing is in flight.
 func (b *bench) runTideline(ctx context.Context, r tlRun) measure {
-	cfg, err := b.tidelineConfig(r.name, r.slot, r.pub, r.table, 100*time.Millisecond)
-	if err != nil {
-		return measure{err: err}
+	cfg := r.cfg
+	if cfg == nil {
+		var err error
+		if cfg, err = b.tidelineConfig(r.name, r.slot, r.pub, r.table, 100*time.Millisecond); err != nil {
+			return measure{err: err}
+		}
 	}
 	log, err := observe.NewLogger(cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
@@ -408,7 +414,11 @@ func (b *bench) runTideline(ctx context.Context, r tlRun) measure {
 	}
 	defer stopProfile()
 
-	b.logf("%s: Tideline streaming slot %s to Kafka", r.label, r.slot)
+	if r.slot != "" {
+		b.logf("%s: Tideline streaming slot %s to Kafka", r.label, r.slot)
+	} else {
+		b.logf("%s: Tideline streaming %s to Kafka", r.label, r.table)
+	}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
@@ -419,7 +429,7 @@ func (b *bench) runTideline(ctx context.Context, r tlRun) measure {
 	res := b.waitAcked(ctx, r, m, start, done)
 	res.mem = b.mem.end()
 	stopProfile() // the shutdown below is not part of the figure
-	if res.err == nil {
+	if res.err == nil && r.slot != "" {
 		// The figure is the acknowledgement; the slot's confirmed position
 		// follows at the next status update and is only logged.
 		deadline := time.Now().Add(5 * time.Second)

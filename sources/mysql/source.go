@@ -212,7 +212,10 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 		HeartbeatPeriod:         min(s.cfg.StatusInterval, 10*time.Second),
 		ReadTimeout:             time.Minute,
 		MaxReconnectAttempts:    1,
-		Logger:                  nil,
+		// go-mysql buffers decoded events ahead of the stream; keep that
+		// small so memory stays bounded by capture.max_inflight_bytes.
+		EventCacheCount: 256,
+		Logger:          nil,
 	})
 	defer syncer.Close()
 	// With GTIDs the position survives a failover to another server of

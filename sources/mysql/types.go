@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/shopspring/decimal"
 	"golang.org/x/text/encoding/charmap"
@@ -163,12 +164,13 @@ func appendValue(dst []byte, c *column, v any, binlog bool) ([]byte, error) {
 		return append(dst, '"'), nil
 	}
 	if binlog && c.charset == "latin1" {
-		// MySQL's latin1 is Windows-1252.
-		s, err := charmap.Windows1252.NewDecoder().String(text(v))
-		if err != nil {
-			return dst, fmt.Errorf("latin1 text: %w", err)
+		// MySQL's latin1 is Windows-1252: one byte, one rune.
+		s := text(v)
+		u := make([]byte, 0, len(s)+8)
+		for i := 0; i < len(s); i++ {
+			u = utf8.AppendRune(u, charmap.Windows1252.DecodeByte(s[i]))
 		}
-		return codec.AppendStringS(dst, s), nil
+		return codec.AppendString(dst, u), nil
 	}
 	return codec.AppendStringS(dst, text(v)), nil
 }
