@@ -239,26 +239,26 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	saved := change.Position(start.encode())
-	g.Go(func() error { return s.saver(gctx, saved) })
-	g.Go(func() error {
-		st := &stream{s: s, h: h, tables: schemas, hist: hist, conn: conn, enc: codec.NewEncoder(s.cfg.Version),
-			batch: &change.Batch{}, file: start.File, gtid: start.GTID}
-		err := st.run(gctx, streamer)
-		if gctx.Err() != nil && ctx.Err() != nil {
-			// Stopping: hand over, drain, and store the final position.
-			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := st.flush(sctx); err != nil {
-				return err
-			}
-			if err := h.Drain(sctx); err != nil {
-				return err
-			}
-			return s.saveCommitted(sctx, &saved)
-		}
-		return err
-	})
+	g.Go(func() error { return s.saver(gctx, saved) }) // the saver has its own copy
+	st := &stream{s: s, h: h, tables: schemas, hist: hist, conn: conn, enc: codec.NewEncoder(s.cfg.Version),
+		batch: &change.Batch{}, file: start.File, gtid: start.GTID}
+	g.Go(func() error { return st.run(gctx, streamer) })
 	err = g.Wait()
+	if ctx.Err() != nil {
+		// Stopping, with the saver gone: hand over what was read, wait
+		// for Kafka, and store the final position.
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := st.flush(sctx); err != nil {
+			return fmt.Errorf("shutdown: %w", err)
+		}
+		if err := h.Drain(sctx); err != nil {
+			return fmt.Errorf("shutdown: %w", err)
+		}
+		if err := s.saveCommitted(sctx, &saved); err != nil {
+			return fmt.Errorf("shutdown: %w", err)
+		}
+	}
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		return nil
 	}
