@@ -217,7 +217,9 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 		// go-mysql buffers decoded events ahead of the stream; keep that
 		// small so memory stays bounded by capture.max_inflight_bytes.
 		EventCacheCount: 256,
-		Logger:          nil,
+		// go-mysql logs every connect and rotation at info; keep its
+		// warnings and errors, on stderr like the rest of the logs.
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	defer syncer.Close()
 	// With GTIDs the position survives a failover to another server of
