@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -565,39 +564,11 @@ func (b *bench) runMariadbBinlog(ctx context.Context, me *mysqlEnv, label string
 	}
 	args = append(args, extra...)
 	args = append(args, files...)
-	rctx, cancel := context.WithTimeout(ctx, 20*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(rctx, me.binlog, args...)
-	// Stdout stays nil: /dev/null.
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	b.logf("%s: %s %s > /dev/null", label, me.binlog, strings.Join(args, " "))
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return measure{err: fmt.Errorf("start %s: %w", me.binlog, err)}
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	tick := time.NewTicker(5 * time.Second)
-	defer tick.Stop()
-	var err error
-wait:
-	for {
-		select {
-		case err = <-done:
-			break wait
-		case <-tick.C:
-			b.logf("%s: mariadb-binlog running for %s", label, time.Since(start).Round(time.Second))
-		}
-	}
-	took := time.Since(start)
+	took, err := b.timeCommand(ctx, label, me.binlog, "mariadb-binlog", args)
 	if err != nil {
-		return measure{err: fmt.Errorf("mariadb-binlog: %w: %s", err, strings.TrimSpace(stderr.String()))}
+		return measure{err: err}
 	}
 	m := measure{took: took}
-	if s := strings.TrimSpace(stderr.String()); s != "" {
-		m.note = s
-	}
 	b.logf("%s: mariadb-binlog read %s:%d .. %s:%d in %s%s", label, from.File, from.Pos, to.File, to.Pos, took.Round(time.Millisecond), prefixed(m.note))
 	return m
 }

@@ -313,33 +313,9 @@ func (b *bench) runRecvlogical(ctx context.Context, label, slot string, end pglo
 		"-o", "proto_version=1", "-o", "publication_names=bench_pub", "-f", "/dev/null",
 	}
 	args = append(args, extra...)
-	rctx, cancel := context.WithTimeout(ctx, 20*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(rctx, b.recvlogical, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	b.logf("%s: pg_recvlogical %s", label, strings.Join(args, " "))
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return measure{err: fmt.Errorf("start pg_recvlogical: %w", err)}
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	tick := time.NewTicker(5 * time.Second)
-	defer tick.Stop()
-	var err error
-wait:
-	for {
-		select {
-		case err = <-done:
-			break wait
-		case <-tick.C:
-			b.logf("%s: pg_recvlogical running for %s", label, time.Since(start).Round(time.Second))
-		}
-	}
-	took := time.Since(start)
+	took, err := b.timeCommand(ctx, label, b.recvlogical, "pg_recvlogical", args)
 	if err != nil {
-		return measure{err: fmt.Errorf("pg_recvlogical: %w: %s", err, strings.TrimSpace(stderr.String()))}
+		return measure{err: err}
 	}
 	m := measure{took: took}
 	if conf := b.slotConfirmed(ctx, slot); conf < end {
@@ -358,6 +334,37 @@ type tlRun struct {
 	// cfg, when set, is the pipeline's config (the MySQL workloads); else
 	// a PostgreSQL one is built from name, slot, pub and table.
 	cfg *config.Config
+}
+
+// timeCommand runs bin with args (output thrown away, at most 20 minutes),
+// logging progress every 5 s, and returns how long it took.
+func (b *bench) timeCommand(ctx context.Context, label, bin, name string, args []string) (time.Duration, error) {
+	rctx, cancel := context.WithTimeout(ctx, 20*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(rctx, bin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	b.logf("%s: %s %s > /dev/null", label, bin, strings.Join(args, " "))
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start %s: %w", name, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			took := time.Since(start)
+			if err != nil {
+				return took, fmt.Errorf("%s: %w: %s", name, err, strings.TrimSpace(stderr.String()))
+			}
+			return took, nil
+		case <-tick.C:
+			b.logf("%s: %s running for %s", label, name, time.Since(start).Round(time.Second))
+		}
+	}
 }
 
 // tidelineConfig returns a validated config streaming table from an

@@ -54,6 +54,16 @@ func (m *menv) exec(sqls ...string) {
 	}
 }
 
+// seedKV fills app.kv with ids 1..n at v = 1.
+func (m *menv) seedKV(n int) {
+	m.t.Helper()
+	values := make([]string, n)
+	for i := range values {
+		values[i] = fmt.Sprintf("(%d, 1)", i+1)
+	}
+	m.exec("INSERT INTO app.kv VALUES " + strings.Join(values, ","))
+}
+
 func (m *menv) config(tables []string, mutate func(*config.Config)) *config.Config {
 	m.t.Helper()
 	c := &config.Config{
@@ -281,11 +291,7 @@ func TestMySQLKillNineLoopWithDDL(t *testing.T) {
 	m := newMEnv(t, testenv.MariaDBOptions{})
 	const seeded = 1000
 	m.exec("CREATE TABLE app.kv (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)")
-	var values []string
-	for i := 1; i <= seeded; i++ {
-		values = append(values, fmt.Sprintf("(%d, 1)", i))
-	}
-	m.exec("INSERT INTO app.kv VALUES " + strings.Join(values, ","))
+	m.seedKV(seeded)
 	port, _ := freePort(t)
 	cfgPath := filepath.Join(t.TempDir(), "tideline.yaml")
 	cfg := fmt.Sprintf("name: test\nsource:\n  type: mysql\n  dsn: mysql://root@127.0.0.1:%d/app\n  tables: [app.kv]\n  status_interval: 200ms\n"+
@@ -412,11 +418,7 @@ func TestMySQLSnapshotHandoffUnderWrites(t *testing.T) {
 	m := newMEnv(t, testenv.MariaDBOptions{})
 	const seeded = 2000
 	m.exec("CREATE TABLE app.kv (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)")
-	var values []string
-	for i := 1; i <= seeded; i++ {
-		values = append(values, fmt.Sprintf("(%d, 1)", i))
-	}
-	m.exec("INSERT INTO app.kv VALUES " + strings.Join(values, ","))
+	m.seedKV(seeded)
 	w := m.startWriter(seeded+1, seeded)
 	waitFor(t, 10*time.Second, "writer", func() (bool, error) { return w.count.Load() > 50, nil })
 	e := m.env()
@@ -464,11 +466,7 @@ func TestMySQLKafkaOutage(t *testing.T) {
 	db := testenv.NewMariaDB(t, testenv.MariaDBOptions{})
 	m := &menv{t: t, db: db, brokers: k.ListenAddrs()}
 	m.exec("CREATE DATABASE app", "CREATE TABLE app.kv (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)")
-	var values []string
-	for i := 1; i <= 200; i++ {
-		values = append(values, fmt.Sprintf("(%d, 1)", i))
-	}
-	m.exec("INSERT INTO app.kv VALUES " + strings.Join(values, ","))
+	m.seedKV(200)
 	const budget, batch = 1 << 20, 32 << 10
 	e := m.env()
 	r := e.start(m.config([]string{"app.kv"}, func(c *config.Config) {
