@@ -12,7 +12,6 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/tideline-cdc/tideline/internal/testenv"
 	"github.com/tideline-cdc/tideline/pkg/capture"
@@ -453,15 +452,7 @@ func TestMySQLSnapshotHandoffUnderWrites(t *testing.T) {
 // the process stays up within its budget and every change arrives once
 // the broker is back.
 func TestMySQLKafkaOutage(t *testing.T) {
-	dataDir := t.TempDir()
-	port, _ := freePort(t)
-	startBroker := func() *kfake.Cluster {
-		k, err := testenv.StartKafka(kfake.DataDir(dataDir), kfake.Ports(port))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
+	startBroker := restartableBroker(t)
 	k := startBroker()
 	db := testenv.NewMariaDB(t, testenv.MariaDBOptions{})
 	m := &menv{t: t, db: db, brokers: k.ListenAddrs()}

@@ -26,19 +26,27 @@ func (e *env) query(sql string, dst ...any) {
 	}
 }
 
-// TestKafkaOutage stops the broker while a writer commits: reading pauses
-// within the in-flight budget, the replication connection stays alive, the
-// process stays up, and once the broker is back every change arrives.
-func TestKafkaOutage(t *testing.T) {
+// restartableBroker returns a function that starts a kfake broker on one
+// port and data dir, so a test can close it and start it again with the
+// records it had.
+func restartableBroker(t *testing.T) func() *kfake.Cluster {
+	t.Helper()
 	dataDir := t.TempDir()
 	port, _ := freePort(t)
-	startBroker := func() *kfake.Cluster {
+	return func() *kfake.Cluster {
 		k, err := testenv.StartKafka(kfake.DataDir(dataDir), kfake.Ports(port))
 		if err != nil {
 			t.Fatal(err)
 		}
 		return k
 	}
+}
+
+// TestKafkaOutage stops the broker while a writer commits: reading pauses
+// within the in-flight budget, the replication connection stays alive, the
+// process stays up, and once the broker is back every change arrives.
+func TestKafkaOutage(t *testing.T) {
+	startBroker := restartableBroker(t)
 	k := startBroker()
 	pg := testenv.NewPostgres(t, testenv.PGOptions{ExtraConf: map[string]string{"wal_sender_timeout": "3s"}})
 	e := &env{t: t, pg: pg, brokers: k.ListenAddrs()}
