@@ -137,6 +137,11 @@ func TestMySQLSnapshotStreamTypes(t *testing.T) {
 		if msg.Value.Source.Connector != "mysql" {
 			t.Errorf("source.connector = %q", msg.Value.Source.Connector)
 		}
+		if msg.Value.Op == "r" {
+			if want := map[string]string{"1": "first", "2": "last"}[fmt.Sprint(msg.Key["id"])]; msg.Value.Source.Snapshot != want {
+				t.Errorf("snapshot row %v: source.snapshot %q, want %q", msg.Key["id"], msg.Value.Source.Snapshot, want)
+			}
+		}
 		raw := string(msg.Raw)
 		if msg.Value.Op != "r" && (!strings.Contains(raw, `"server_id":1,"gtid":"0-1-`) || !strings.Contains(raw, `"file":"binlog.0`) ||
 			!strings.Contains(raw, `"transaction":{"id":"0-1-`) || strings.Contains(raw, `"pos":0,`)) {
@@ -421,17 +426,20 @@ func TestMySQLSnapshotHandoffUnderWrites(t *testing.T) {
 	w := m.startWriter(seeded+1, seeded)
 	waitFor(t, 10*time.Second, "writer", func() (bool, error) { return w.count.Load() > 50, nil })
 	e := m.env()
-	r := e.start(m.config([]string{"app.kv"}, nil), daemon.Options{})
+	// Small batches: the snapshot is handed over in many of them.
+	r := e.start(m.config([]string{"app.kv"}, func(c *config.Config) { c.Capture.BatchRecords = 100 }), daemon.Options{})
 	time.Sleep(2 * time.Second)
 	committed := w.halt()
 	c := e.consume("test.app.kv")
 	ms := consumeUntil(t, c, committed, 60*time.Second)
 	last := map[int64]int64{}
 	snap := 0
+	marks := map[string]int{}
 	for _, msg := range ms {
 		id, v := toInt(t, msg.Key["id"]), toInt(t, msg.Value.After["v"])
 		if msg.Value.Op == "r" {
 			snap++
+			marks[msg.Value.Source.Snapshot]++
 			if _, seen := last[id]; seen {
 				t.Errorf("id %d: snapshot row after stream events", id)
 			}
@@ -444,6 +452,9 @@ func TestMySQLSnapshotHandoffUnderWrites(t *testing.T) {
 	}
 	if snap < seeded {
 		t.Errorf("%d snapshot rows, want at least %d", snap, seeded)
+	}
+	if marks["first"] != 1 || marks["last"] != 1 || marks["true"] != snap-2 {
+		t.Errorf("snapshot markers %v: want one first, one last, the rest true", marks)
 	}
 	r.stop(t)
 }

@@ -1,6 +1,7 @@
 package mysql
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -249,10 +250,16 @@ func (s *Source) snapshot(ctx context.Context, ep endpoint, h capture.Handler, t
 				b.Add(change.Record{Topic: tab.t.Topic, Key: enc.Key(&ev), Value: enc.Value(&ev, now), Table: tab.t, Op: change.OpRead})
 				total++
 				if len(b.Records) >= s.cfg.BatchRecords || b.Bytes >= s.cfg.BatchBytes {
+					// Hold the newest row back: the snapshot's very last
+					// row is marked "last" when the snapshot ends.
+					held := b.Records[len(b.Records)-1]
+					b.Records = b.Records[:len(b.Records)-1]
+					b.Bytes -= held.Size()
 					if err := h.Handle(ctx, b); err != nil {
 						return err
 					}
 					b.Reset()
+					b.Add(held)
 				}
 				return nil
 			}, nil)
@@ -263,7 +270,13 @@ func (s *Source) snapshot(ctx context.Context, ep endpoint, h capture.Handler, t
 	if _, err := conn.Execute("COMMIT"); err != nil {
 		return position{}, err
 	}
-	if len(b.Records) > 0 {
+	if n := len(b.Records); n > 0 {
+		// The source block follows the row, so the last match is the
+		// envelope's own field; "true" and "last" have one length.
+		v := b.Records[n-1].Value
+		if i := bytes.LastIndex(v, []byte(`"snapshot":"true"`)); i >= 0 {
+			copy(v[i+len(`"snapshot":"`):], "last")
+		}
 		if err := h.Handle(ctx, b); err != nil {
 			return position{}, err
 		}
