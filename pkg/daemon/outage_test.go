@@ -42,6 +42,35 @@ func restartableBroker(t *testing.T) func() *kfake.Cluster {
 	}
 }
 
+// outage watches a running daemon for d while its broker is down and the
+// writer w commits: the daemon must stay up, and the in-flight bytes must
+// fill the budget (else the outage proved nothing) without passing it by
+// more than one batch. It returns the peak.
+func (r *running) outage(t *testing.T, w *writer, d time.Duration, budget, batch float64) float64 {
+	t.Helper()
+	before := w.count.Load()
+	inflight := r.metrics.InFlightBytes.WithLabelValues("test")
+	var peak float64
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		peak = max(peak, testutil.ToFloat64(inflight))
+		select {
+		case err := <-r.done:
+			t.Fatalf("daemon exited during the outage: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if written := w.count.Load() - before; written < 100 {
+		t.Fatalf("writer committed only %d transactions during the outage", written)
+	}
+	if peak > budget+batch {
+		t.Errorf("in-flight bytes peaked at %.0f during the outage, over budget %.0f + batch %.0f", peak, budget, batch)
+	}
+	if peak < budget/2 {
+		t.Errorf("in-flight bytes peaked at %.0f: the outage did not fill the budget, the test proves nothing", peak)
+	}
+	return peak
+}
+
 // TestKafkaOutage stops the broker while a writer commits: reading pauses
 // within the in-flight budget, the replication connection stays alive, the
 // process stays up, and once the broker is back every change arrives.
@@ -63,30 +92,11 @@ func TestKafkaOutage(t *testing.T) {
 	e.query("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'tideline_test'", &pidBefore)
 
 	k.Close()
-	outageStart := w.count.Load()
-	inflight := r.metrics.InFlightBytes.WithLabelValues("test")
-	var peak float64
-	for end := time.Now().Add(8 * time.Second); time.Now().Before(end); { // well past wal_sender_timeout
-		peak = max(peak, testutil.ToFloat64(inflight))
-		select {
-		case err := <-r.done:
-			t.Fatalf("daemon exited during the outage: %v", err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	peak := r.outage(t, w, 8*time.Second, budget, batch) // well past wal_sender_timeout
 	var pidDuring int
 	e.query("SELECT coalesce(active_pid, 0) FROM pg_replication_slots WHERE slot_name = 'tideline_test'", &pidDuring)
 	if pidDuring != pidBefore {
 		t.Errorf("replication connection changed during the outage: walsender pid %d, then %d", pidBefore, pidDuring)
-	}
-	if written := w.count.Load() - outageStart; written < 100 {
-		t.Fatalf("writer committed only %d transactions during the outage", written)
-	}
-	if peak > budget+batch {
-		t.Errorf("in-flight bytes peaked at %.0f during the outage, over budget %d + batch %d", peak, budget, batch)
-	}
-	if peak < budget/2 {
-		t.Errorf("in-flight bytes peaked at %.0f: the outage did not fill the budget, the test proves nothing", peak)
 	}
 
 	k = startBroker()
