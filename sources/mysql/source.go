@@ -320,6 +320,7 @@ type stream struct {
 	lastHand time.Time
 
 	waitCancel context.CancelFunc
+	pending    pendingPos
 
 	ev      change.Event
 	before  []change.Value
@@ -345,7 +346,7 @@ func (st *stream) run(ctx context.Context, streamer *replication.BinlogStreamer)
 			}
 			if errors.Is(err, context.DeadlineExceeded) {
 				wctx = st.renewWait(ctx, tick)
-				if !st.inTx && (len(st.batch.Records) > 0 || (st.batch.Checkpoint != "" && time.Since(st.lastHand) > time.Second)) {
+				if !st.inTx && (len(st.batch.Records) > 0 || (st.pending.set && time.Since(st.lastHand) > time.Second)) {
 					if err := st.flush(ctx); err != nil {
 						return err
 					}
@@ -458,11 +459,10 @@ func (st *stream) begin(h *replication.EventHeader, gtid string) {
 
 func (st *stream) commit(ctx context.Context, logPos uint32, gset gmysql.GTIDSet) error {
 	st.inTx = false
-	p := position{File: st.file, Pos: logPos}
-	if gset != nil {
-		p.GTID = gset.String()
-	}
-	st.batch.Checkpoint = p.encode()
+	// Only the newest transaction end of a batch becomes its checkpoint:
+	// keep it as it is and render it once, when the batch is handed over,
+	// not once per transaction.
+	st.pending = pendingPos{file: st.file, pos: logPos, gset: gset, set: true}
 	if len(st.batch.Records) >= st.s.cfg.BatchRecords || st.batch.Bytes >= st.s.cfg.BatchBytes {
 		return st.flush(ctx)
 	}
@@ -471,15 +471,31 @@ func (st *stream) commit(ctx context.Context, logPos uint32, gset gmysql.GTIDSet
 
 func (st *stream) flush(ctx context.Context) error {
 	b := st.batch
-	if len(b.Records) == 0 && b.Checkpoint == "" {
+	if len(b.Records) == 0 && !st.pending.set {
 		return nil
+	}
+	if st.pending.set {
+		p := position{File: st.pending.file, Pos: st.pending.pos}
+		if st.pending.gset != nil {
+			p.GTID = st.pending.gset.String()
+		}
+		b.Checkpoint = p.encode()
 	}
 	if err := st.h.Handle(ctx, b); err != nil {
 		return err
 	}
 	b.Reset()
+	st.pending = pendingPos{}
 	st.lastHand = time.Now()
 	return nil
+}
+
+// pendingPos is the latest transaction end read and not yet handed over.
+type pendingPos struct {
+	file string
+	pos  uint32
+	gset gmysql.GTIDSet
+	set  bool
 }
 
 func (st *stream) rows(ctx context.Context, hdr *replication.EventHeader, e *replication.RowsEvent) error {
