@@ -50,11 +50,45 @@ type Value struct {
 	JSON []byte
 }
 
+// Logical is a column's type as sinks see it: what its JSON value holds,
+// independent of the source database (docs/types.md lists the mapping from
+// each source's types).
+type Logical string
+
+// The logical types. Values are rendered as docs/types.md says: integers
+// as numbers, Decimal as a string, Date as days and Time, Timestamp as
+// microseconds, TimestampTZ as an ISO-8601 UTC string, Bytes as base64.
+const (
+	Int16       Logical = "int16"
+	Int32       Logical = "int32"
+	Int64       Logical = "int64"
+	Uint64      Logical = "uint64"
+	Decimal     Logical = "decimal"
+	Float32     Logical = "float32"
+	Float64     Logical = "float64"
+	Bool        Logical = "bool"
+	String      Logical = "string"
+	Bytes       Logical = "bytes"
+	JSON        Logical = "json"
+	UUID        Logical = "uuid"
+	Date        Logical = "date"
+	Time        Logical = "time"
+	Timestamp   Logical = "timestamp"
+	TimestampTZ Logical = "timestamptz"
+	TimeTZ      Logical = "timetz"
+	Interval    Logical = "interval"
+	Array       Logical = "array"
+)
+
 // Column describes one column of a table.
 type Column struct {
 	Name string
-	// Type is the source's name for the column type (e.g. "int4", "numeric").
+	// Type is the source's name for the column type, with its length or
+	// precision when it has one (e.g. "int4", "numeric(10,2)",
+	// "varchar(50)").
 	Type string
+	// Logical is the type sinks map to their own.
+	Logical Logical
 	// Key marks the columns that identify a row (primary key or replica
 	// identity). They make up the Kafka record key.
 	Key bool
@@ -139,13 +173,16 @@ type Record struct {
 	Topic string
 	Key   []byte
 	Value []byte
+	// Order sorts (bytewise) like the event's position in the source's
+	// log: sinks keep a row's newest change by it. Nil for tombstones.
+	Order []byte
 	// Table and Op are kept for metrics; they are not sent.
 	Table *Table
 	Op    Op
 }
 
 // Size is the record's weight against the in-flight byte budget.
-func (r *Record) Size() int { return len(r.Key) + len(r.Value) + len(r.Topic) + 64 }
+func (r *Record) Size() int { return len(r.Key) + len(r.Value) + len(r.Topic) + len(r.Order) + 64 }
 
 // Batch is the unit a source hands to the publisher: encoded records in log
 // order, and the checkpoint to commit once they and everything before them

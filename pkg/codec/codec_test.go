@@ -1,6 +1,7 @@
 package codec
 
 import (
+	"bytes"
 	"encoding/json"
 	"testing"
 
@@ -77,5 +78,31 @@ func BenchmarkValue(b *testing.B) {
 	for b.Loop() {
 		e.Key(ev)
 		e.Value(ev, 1)
+	}
+}
+
+func TestOrderSortsLikeTheLog(t *testing.T) {
+	pg := func(lsn, txLSN uint64, order int64) []byte {
+		return Order(&change.Event{Source: change.Source{Connector: "postgresql", LSN: lsn}, TxLSN: txLSN, TxOrder: order})
+	}
+	my := func(file string, pos uint64, row int32) []byte {
+		return Order(&change.Event{Source: change.Source{Connector: "mysql", File: file, Pos: pos, Row: row}})
+	}
+	// Each list is in log order.
+	for name, seq := range map[string][][]byte{
+		"postgres": {pg(0x100, 0, 0), pg(0x100, 0, 0), pg(0x90, 0x180, 1), pg(0x50, 0x180, 2), pg(0x170, 0x1000, 1), pg(0, 0x1_0000_0000, 1)},
+		"mysql":    {my("binlog.000009", 900, 0), my("binlog.000009", 1200, 0), my("binlog.000009", 1200, 3), my("binlog.000010", 4, 0), my("binlog.000100", 4, 0)},
+	} {
+		for i := 1; i < len(seq); i++ {
+			if bytes.Compare(seq[i-1], seq[i]) > 0 {
+				t.Errorf("%s: %s sorts after %s", name, seq[i-1], seq[i])
+			}
+			if len(seq[i]) != len(seq[0]) {
+				t.Errorf("%s: tokens of different lengths", name)
+			}
+		}
+	}
+	if got := string(pg(0, 0xABC, 7)); got != "0000000000000abc00000007" {
+		t.Errorf("postgres token %s", got)
 	}
 }

@@ -170,3 +170,23 @@ func TestRedact(t *testing.T) {
 		}
 	}
 }
+
+func TestMySQLDSNParameters(t *testing.T) {
+	parse := func(dsn string) error {
+		_, err := Parse([]byte("name: m\nsource:\n  type: mysql\n  dsn: " + dsn + "\n  tables: [app.t]\n"))
+		return err
+	}
+	if err := parse("mysql://u:p@db:3306/app?tls=true"); err != nil {
+		t.Errorf("tls=true: %v", err)
+	}
+	for dsn, want := range map[string]string{
+		"mysql://u:p@db:3306/app?tls=yes":                      `tls="yes": use true, skip-verify or false`,
+		"mysql://u:p@db:3306/app?tls=true&tls_ca=/nonexistent": "tls_ca: stat /nonexistent",
+		"mysql://u:p@db:3306/app?sslmode=require":              `unknown parameter "sslmode"`,
+	} {
+		err := parse(dsn)
+		if err == nil || !strings.Contains(err.Error(), "source.dsn: "+want) {
+			t.Errorf("%s: got %v, want source.dsn: %s", dsn, err, want)
+		}
+	}
+}

@@ -2,8 +2,18 @@ package daemon_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"log/slog"
+	"math/big"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +21,10 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
+	gmysql "github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/tideline-cdc/tideline/internal/testenv"
 	"github.com/tideline-cdc/tideline/pkg/capture"
@@ -231,6 +245,94 @@ func TestMySQLReplayAcrossDDL(t *testing.T) {
 			}
 		}
 	}
+	r.stop(t)
+}
+
+// TestMySQLRestartAfterSeveralDDLs writes rows between several DDLs while
+// Tideline is down (column added, dropped, renamed, retyped; the table
+// renamed; a new table created), then starts it from its stored position:
+// every row decodes with the columns it was written with. A second start
+// from the same old position (the stored schema history) decodes the same.
+func TestMySQLRestartAfterSeveralDDLs(t *testing.T) {
+	m := newMEnv(t, testenv.MariaDBOptions{})
+	m.exec("CREATE TABLE app.h (id INT PRIMARY KEY, a VARCHAR(10)) DEFAULT CHARSET=latin1")
+	e := m.env()
+	cfg := m.config([]string{"app.h*"}, nil)
+	r := e.start(cfg, daemon.Options{})
+	r.stop(t)
+	cl := kgoClient(t, m.brokers)
+	store := kafka.NewStore(cl, kafka.NewTopics(cl, cfg.Kafka.Topics, nil), "test.offsets")
+	ctx := context.Background()
+	old, err := store.Load(ctx, "mysql/test/position")
+	if err != nil || old == nil {
+		t.Fatalf("no stored position after the first run: %v", err)
+	}
+
+	m.exec("INSERT INTO app.h VALUES (1, 'é1')",
+		"ALTER TABLE app.h ADD COLUMN b INT",
+		"INSERT INTO app.h VALUES (2, 'é2', 2)",
+		"ALTER TABLE app.h DROP COLUMN a",
+		"INSERT INTO app.h VALUES (3, 3)",
+		"ALTER TABLE app.h RENAME COLUMN b TO c",
+		"ALTER TABLE app.h MODIFY c VARCHAR(5) CHARACTER SET latin1",
+		"INSERT INTO app.h VALUES (4, 'ü')",
+		"RENAME TABLE app.h TO app.h2",
+		"INSERT INTO app.h2 VALUES (5, 'y')",
+		"CREATE TABLE app.hnew (id INT PRIMARY KEY, q TEXT, d DECIMAL(6,2))",
+		"INSERT INTO app.hnew VALUES (6, 'z', 1.5)",
+		"ALTER TABLE app.hnew ADD COLUMN r INT FIRST",
+		"INSERT INTO app.hnew VALUES (70, 7, 'w', 2)",
+	)
+	want := map[string]string{
+		"test.app.h/1":    `{"a":"é1","id":1}`,
+		"test.app.h/2":    `{"a":"é2","b":2,"id":2}`,
+		"test.app.h/3":    `{"b":3,"id":3}`,
+		"test.app.h/4":    `{"c":"ü","id":4}`,
+		"test.app.h2/5":   `{"c":"y","id":5}`,
+		"test.app.hnew/6": `{"d":"1.50","id":6,"q":"z"}`,
+		"test.app.hnew/7": `{"d":"2.00","id":7,"q":"w","r":70}`,
+	}
+	check := func(c *consumer) {
+		t.Helper()
+		ms := c.poll(len(want), 30*time.Second, isEvent)
+		got := map[string]string{}
+		for _, msg := range ms {
+			after, _ := json.Marshal(msg.Value.After)
+			got[fmt.Sprintf("%s/%v", msg.Topic, msg.Key["id"])] = string(after)
+		}
+		for k, w := range want {
+			if got[k] != w {
+				t.Errorf("%s: after %s, want %s", k, got[k], w)
+			}
+		}
+		if len(ms) != len(want) {
+			t.Errorf("%d events, want %d", len(ms), len(want))
+		}
+	}
+	r = e.start(cfg, daemon.Options{})
+	check(e.consume("test.app.h", "test.app.h2", "test.app.hnew"))
+	r.stop(t)
+
+	if err := store.Save(ctx, "mysql/test/position", old); err != nil {
+		t.Fatal(err)
+	}
+	// The replay re-sends the same events: read them from the offsets the
+	// first pass ended at.
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, "test.app.h", "test.app.h2", "test.app.hnew")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = e.start(cfg, daemon.Options{})
+	offs := map[string]map[int32]kgo.Offset{}
+	ends.Each(func(o kadm.ListedOffset) {
+		offs[o.Topic] = map[int32]kgo.Offset{o.Partition: kgo.NewOffset().At(o.Offset)}
+	})
+	rc, err := kgo.NewClient(kgo.SeedBrokers(m.brokers...), kgo.ConsumePartitions(offs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	check(&consumer{t: t, cl: rc})
 	r.stop(t)
 }
 
@@ -555,4 +657,116 @@ func TestMySQLPrivilegesAndTables(t *testing.T) {
 	if err == nil || !capture.IsFatal(err) || !strings.Contains(err.Error(), `"app.nope" matches no table`) {
 		t.Errorf("missing table: %v", err)
 	}
+}
+
+// TestMySQLServerIDInUse starts Tideline with the server_id of a replica
+// that is already reading the binlog: it refuses, naming the setting.
+func TestMySQLServerIDInUse(t *testing.T) {
+	m := newMEnv(t, testenv.MariaDBOptions{})
+	m.exec("CREATE TABLE app.a (id INT PRIMARY KEY)")
+	cfg := m.config([]string{"app.a"}, nil)
+	other := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+		ServerID: cfg.Source.ServerID, Flavor: "mariadb", Host: "127.0.0.1", Port: uint16(m.db.Port()), User: "root",
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	defer other.Close()
+	if _, err := other.StartSync(gmysql.Position{Name: "binlog.000001", Pos: 4}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := daemon.Run(ctx, cfg, nopLogger(), daemon.Options{})
+	if err == nil || !capture.IsFatal(err) || !strings.Contains(err.Error(), fmt.Sprintf("source.server_id %d is in use by another replica", cfg.Source.ServerID)) {
+		t.Fatalf("got %v, want a fatal error about source.server_id", err)
+	}
+	// Another id streams.
+	other.Close()
+	r := m.env().start(m.config([]string{"app.a"}, func(c *config.Config) { c.Source.ServerID = 4242 }), daemon.Options{})
+	r.stop(t)
+}
+
+// TestMySQLTLS captures through a user that must use TLS: without tls in
+// the DSN the connection is refused, with tls=true and the CA it streams,
+// and tls=true against an unknown CA fails on the certificate.
+func TestMySQLTLS(t *testing.T) {
+	// Not t.TempDir: its parent is private, and the server (the mysql
+	// user) must read the files.
+	dir, err := os.MkdirTemp("", "tideline-tls-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ca, cert, key := writeTestCerts(t, dir)
+	m := newMEnv(t, testenv.MariaDBOptions{ExtraConf: map[string]string{"ssl_ca": ca, "ssl_cert": cert, "ssl_key": key}})
+	m.exec("CREATE TABLE app.a (id INT PRIMARY KEY)", "INSERT INTO app.a VALUES (1)",
+		"CREATE USER 'tl'@'%' IDENTIFIED BY 'pw' REQUIRE SSL", "GRANT ALL PRIVILEGES ON *.* TO 'tl'@'%'")
+	dsn := func(q string) func(*config.Config) {
+		return func(c *config.Config) {
+			c.Source.DSN = config.Secret(fmt.Sprintf("mysql://tl:pw@127.0.0.1:%d/app%s", m.db.Port(), q))
+		}
+	}
+	run := func(c *config.Config) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return daemon.Run(ctx, c, nopLogger(), daemon.Options{})
+	}
+	if err := run(m.config([]string{"app.a"}, dsn(""))); err == nil || !strings.Contains(err.Error(), "Access denied") {
+		t.Errorf("without TLS: got %v, want access denied", err)
+	}
+	if err := run(m.config([]string{"app.a"}, dsn("?tls=true"))); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("tls=true with an unknown CA: got %v, want a certificate error", err)
+	}
+	e := m.env()
+	r := e.start(m.config([]string{"app.a"}, dsn("?tls=true&tls_ca="+ca)), daemon.Options{})
+	m.exec("INSERT INTO app.a VALUES (2)")
+	ms := e.consume("test.app.a").poll(2, 30*time.Second, isEvent)
+	if ms[0].Value.Op != "r" || ms[1].Value.Op != "c" {
+		t.Errorf("over TLS: ops %s %s, want r c", ms[0].Value.Op, ms[1].Value.Op)
+	}
+	r.stop(t)
+}
+
+// writeTestCerts writes a CA and a server certificate for 127.0.0.1 it
+// signed, as PEM files in dir, readable by the server's user.
+func writeTestCerts(t *testing.T, dir string) (ca, cert, key string) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "tideline test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(crand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature}
+	caCert, _ := x509.ParseCertificate(caDER)
+	srvDER, err := x509.CreateCertificate(crand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(srvKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	return write("ca.pem", "CERTIFICATE", caDER), write("server.pem", "CERTIFICATE", srvDER), write("server-key.pem", "PRIVATE KEY", keyDER)
 }

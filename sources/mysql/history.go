@@ -8,8 +8,6 @@ import (
 	"strings"
 
 	"github.com/go-mysql-org/go-mysql/client"
-
-	"github.com/tideline-cdc/tideline/pkg/change"
 )
 
 // The schema history records the shape of each captured table as of the
@@ -18,10 +16,10 @@ import (
 // were written with. It is kept in the offsets topic, one value per
 // pipeline.
 //
-// Shapes are read from information_schema when a DDL is first seen, so a
-// history is exact as long as Tideline sees each DDL while it is the
-// latest one (not when several DDLs of one table happened while it was
-// down: see the README).
+// A table's first shape is read from information_schema (at the snapshot,
+// under its lock, or at the first start); every later shape comes from
+// applying the DDL statements of the binlog in order (ddl.go), so the
+// history is exact however many DDLs happened while Tideline was down.
 type history struct {
 	Entries []historyEntry `json:"entries"`
 }
@@ -30,6 +28,7 @@ type historyEntry struct {
 	File    string       `json:"file"`
 	Pos     uint32       `json:"pos"`
 	Table   string       `json:"table"`
+	Charset string       `json:"charset,omitempty"`
 	Columns []columnSpec `json:"columns,omitempty"`
 	Dropped bool         `json:"dropped,omitempty"`
 }
@@ -99,18 +98,64 @@ func (h *history) at(table, file string, pos uint32) (historyEntry, bool) {
 	return best, found
 }
 
-// exact returns the entry recorded for table at exactly (file, pos).
-func (h *history) exact(table, file string, pos uint32) (historyEntry, bool) {
-	for _, e := range h.Entries {
-		if e.Table == table && e.File == file && e.Pos == pos {
-			return e, true
+// record adds e, replacing an entry of the same table at the same
+// position (a DDL replayed after a restart from before it).
+func (h *history) record(e historyEntry) {
+	for i := range h.Entries {
+		if o := &h.Entries[i]; o.Table == e.Table && o.File == e.File && o.Pos == e.Pos {
+			*o = e
+			return
 		}
 	}
-	return historyEntry{}, false
+	h.Entries = append(h.Entries, e)
+}
+
+// prune forgets what no restart can need: Tideline resumes at the stored
+// position (floor) or later, so of the entries at or before floor only
+// each table's last is kept, and not even that one when it says the
+// table was dropped and nothing follows.
+func (h *history) prune(floor position) {
+	last := map[string]int{} // table -> index of its last entry at or before floor
+	later := map[string]bool{}
+	for i, e := range h.Entries {
+		if before(floor.File, floor.Pos, e.File, e.Pos) {
+			later[e.Table] = true
+			continue
+		}
+		if j, ok := last[e.Table]; !ok || !before(e.File, e.Pos, h.Entries[j].File, h.Entries[j].Pos) {
+			last[e.Table] = i
+		}
+	}
+	kept := h.Entries[:0]
+	for i, e := range h.Entries {
+		keep := before(floor.File, floor.Pos, e.File, e.Pos) || (last[e.Table] == i && (!e.Dropped || later[e.Table]))
+		if keep {
+			kept = append(kept, e)
+		}
+	}
+	clear(h.Entries[len(kept):])
+	h.Entries = kept
+}
+
+// alive returns the tables whose entry in effect at (file, pos) does not
+// say they were dropped.
+func (h *history) alive(file string, pos uint32) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, e := range h.Entries {
+		if seen[e.Table] {
+			continue
+		}
+		seen[e.Table] = true
+		if a, ok := h.at(e.Table, file, pos); ok && !a.Dropped {
+			out = append(out, e.Table)
+		}
+	}
+	return out
 }
 
 func entryOf(tab *table, file string, pos uint32) historyEntry {
-	e := historyEntry{File: file, Pos: pos, Table: tab.name}
+	e := historyEntry{File: file, Pos: pos, Table: tab.name, Charset: tab.charset}
 	for _, c := range tab.cols {
 		e.Columns = append(e.Columns, columnSpec{Name: c.name, DataType: c.dataType, ColType: c.colType, Charset: c.charset, Key: c.key})
 	}
@@ -118,19 +163,17 @@ func entryOf(tab *table, file string, pos uint32) historyEntry {
 }
 
 func tableOf(e historyEntry, prefix string) *table {
-	db, t, _ := strings.Cut(e.Table, ".")
-	tab := &table{name: e.Table, t: &change.Table{Database: db, Name: t, Topic: prefix + "." + db + "." + t}}
+	tab := &table{name: e.Table, charset: e.Charset}
 	for _, s := range e.Columns {
-		c := newColumn(s.Name, s.DataType, s.ColType, s.Charset, s.Key)
-		tab.cols = append(tab.cols, c)
-		tab.t.Columns = append(tab.t.Columns, change.Column{Name: s.Name, Type: s.ColType, Key: s.Key})
-		tab.t.HasKey = tab.t.HasKey || s.Key
+		tab.cols = append(tab.cols, newColumn(s.Name, s.DataType, s.ColType, s.Charset, s.Key))
 	}
+	tab.build(prefix)
 	return tab
 }
 
 // shapesAt returns each table's shape at start: from the history when it
-// has one, else the current shape, which it adds to the history.
+// has one, else the current shape, which it adds to the history. (A table
+// created after start has its CREATE TABLE replayed, which redefines it.)
 func (s *Source) shapesAt(conn *client.Conn, h *history, tables []string, start position) (map[string]*table, error) {
 	out := map[string]*table{}
 	for _, name := range tables {
@@ -143,7 +186,7 @@ func (s *Source) shapesAt(conn *client.Conn, h *history, tables []string, start 
 			return nil, err
 		}
 		out[name] = tab
-		h.Entries = append(h.Entries, entryOf(tab, start.File, start.Pos))
+		h.record(entryOf(tab, start.File, start.Pos))
 	}
 	return out, nil
 }

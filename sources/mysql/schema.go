@@ -21,7 +21,10 @@ import (
 type table struct {
 	name string // db.table
 	cols []column
-	t    *change.Table
+	// charset is the table's default character set, which columns added
+	// without one take.
+	charset string
+	t       *change.Table
 	// counter numbers the table's events in the transaction gen
 	// (transaction.data_collection_order).
 	counter int64
@@ -41,7 +44,7 @@ func checkServer(conn *client.Conn, serverID uint32) (string, error) {
 		flavor = gmysql.MariaDBFlavor
 	}
 	vars := map[string]string{}
-	r, err := conn.Execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', 'binlog_row_image', 'server_id')")
+	r, err := conn.Execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', 'binlog_row_image', 'server_id', 'binlog_row_value_options')")
 	if err != nil {
 		return "", fmt.Errorf("read server variables: %w", err)
 	}
@@ -59,6 +62,9 @@ func checkServer(conn *client.Conn, serverID uint32) (string, error) {
 	}
 	if img := vars["binlog_row_image"]; img != "" && img != "FULL" {
 		problems = append(problems, fmt.Sprintf("binlog_row_image is %s: full before and after images are needed: SET GLOBAL binlog_row_image = 'FULL' (and in my.cnf)", img))
+	}
+	if strings.Contains(vars["binlog_row_value_options"], "PARTIAL_JSON") {
+		problems = append(problems, "binlog_row_value_options is PARTIAL_JSON (MySQL 8): JSON updates would be logged as diffs, not values: SET GLOBAL binlog_row_value_options = '' (and in my.cnf)")
 	}
 	if vars["server_id"] == fmt.Sprint(serverID) {
 		problems = append(problems, fmt.Sprintf("source.server_id %d is the server's own server_id: choose another, unique among its replicas", serverID))
@@ -93,9 +99,81 @@ func checkServer(conn *client.Conn, serverID uint32) (string, error) {
 	return flavor, nil
 }
 
+// checkReplicaID makes sure no other replica is connected with serverID:
+// the server would drop one of the two connections each time the other
+// registers, and both would read with gaps and restarts. A replica that
+// just went away (a killed Tideline) can stay listed for a moment, so a
+// conflict must last wait before it is reported.
+func checkReplicaID(ctx context.Context, conn *client.Conn, serverID uint32, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		other, err := replicaWithID(conn, serverID)
+		if err != nil || other == "" {
+			// A user without the privilege to list replicas skips the
+			// check; the dump itself still works.
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return capture.Fatal(fmt.Errorf("source.server_id %d is in use by another replica of the server (%s): "+
+				"every replica, Tideline pipelines included, needs its own server_id: set source.server_id to an unused number", serverID, other))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// replicaWithID returns a description of the registered replica with
+// serverID, or "".
+func replicaWithID(conn *client.Conn, serverID uint32) (string, error) {
+	var r *gmysql.Result
+	var err error
+	for _, q := range []string{"SHOW REPLICAS", "SHOW SLAVE HOSTS"} {
+		if r, err = conn.Execute(q); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return "", err
+	}
+	// MariaDB says Server_id, MySQL 8 Server_Id.
+	col := func(name string) int {
+		for n, i := range r.FieldNames {
+			if strings.EqualFold(n, name) {
+				return i
+			}
+		}
+		return -1
+	}
+	idCol, hostCol, portCol := col("Server_id"), col("Host"), col("Port")
+	if idCol < 0 {
+		return "", errors.New("no Server_id column")
+	}
+	for i := range r.Values {
+		id, _ := r.GetUint(i, idCol)
+		if uint32(id) != serverID {
+			continue
+		}
+		var host string
+		var port int64
+		if hostCol >= 0 {
+			host, _ = r.GetString(i, hostCol)
+		}
+		if portCol >= 0 {
+			port, _ = r.GetInt(i, portCol)
+		}
+		return fmt.Sprintf("registered as host %q port %d", host, port), nil
+	}
+	return "", nil
+}
+
 // resolveTables expands db.table patterns ('*' wildcards) into the base
-// tables they match, each as "db.table".
-func resolveTables(conn *client.Conn, patterns []string) ([]string, error) {
+// tables they match, each as "db.table", plus known (tables the schema
+// history holds, which may no longer exist). A pattern that matches nothing
+// is an error.
+func resolveTables(conn *client.Conn, patterns []string, known []string) ([]string, error) {
 	seen := map[string]bool{}
 	var out, problems []string
 	for _, p := range patterns {
@@ -107,9 +185,7 @@ func resolveTables(conn *client.Conn, patterns []string) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("look up tables %q: %w", p, err)
 		}
-		if len(r.Values) == 0 {
-			problems = append(problems, fmt.Sprintf("source.tables: %q matches no table (db.table; does it exist?)", p))
-		}
+		found := len(r.Values) > 0
 		for i := range r.Values {
 			d, _ := r.GetString(i, 0)
 			n, _ := r.GetString(i, 1)
@@ -118,6 +194,18 @@ func resolveTables(conn *client.Conn, patterns []string) ([]string, error) {
 				out = append(out, name)
 			}
 		}
+		for _, name := range known {
+			if newMatcher([]string{p}).match(name) {
+				found = true
+				if !seen[name] {
+					seen[name] = true
+					out = append(out, name)
+				}
+			}
+		}
+		if !found {
+			problems = append(problems, fmt.Sprintf("source.tables: %q matches no table (db.table; does it exist?)", p))
+		}
 	}
 	if len(problems) > 0 {
 		return nil, capture.Fatal(errors.New(strings.Join(problems, "; ")))
@@ -125,11 +213,63 @@ func resolveTables(conn *client.Conn, patterns []string) ([]string, error) {
 	return out, nil
 }
 
+// matcher tells whether a db.table is captured, as resolveTables' LIKE
+// does: '*' matches any run of characters within one part, letters match
+// regardless of case, and the system databases are never captured.
+type matcher []string
+
+func newMatcher(patterns []string) matcher { return matcher(patterns) }
+
+func (m matcher) match(name string) bool {
+	db, t, _ := strings.Cut(name, ".")
+	switch strings.ToLower(db) {
+	case "mysql", "information_schema", "performance_schema", "sys":
+		return false
+	}
+	for _, p := range m {
+		pd, pt, _ := strings.Cut(p, ".")
+		if glob(strings.ToLower(pd), strings.ToLower(db)) && glob(strings.ToLower(pt), strings.ToLower(t)) {
+			return true
+		}
+	}
+	return false
+}
+
+// filter returns the names that match.
+func (m matcher) filter(names []string) []string {
+	var out []string
+	for _, n := range names {
+		if m.match(n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// glob matches s against p, where '*' matches any run of characters.
+func glob(p, s string) bool {
+	star := strings.IndexByte(p, '*')
+	if star < 0 {
+		return p == s
+	}
+	if !strings.HasPrefix(s, p[:star]) {
+		return false
+	}
+	rest := p[star+1:]
+	for i := star; i <= len(s); i++ {
+		if glob(rest, s[i:]) {
+			return true
+		}
+	}
+	return false
+}
+
 func like(p string) string {
 	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`, `*`, `%`).Replace(p)
 }
 
-// loadTable reads a table's columns, in order, from information_schema.
+// loadTable reads a table's columns, in order, and its default character
+// set from information_schema.
 func loadTable(conn *client.Conn, name, prefix string) (*table, error) {
 	db, t, _ := strings.Cut(name, ".")
 	r, err := conn.Execute(`SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, COALESCE(CHARACTER_SET_NAME, ''), COLUMN_KEY
@@ -140,26 +280,47 @@ func loadTable(conn *client.Conn, name, prefix string) (*table, error) {
 	if len(r.Values) == 0 {
 		return nil, errMissing{name}
 	}
-	tab := &table{name: name, t: &change.Table{Database: db, Name: t, Topic: prefix + "." + db + "." + t}}
+	tab := &table{name: name}
 	for i := range r.Values {
 		col, _ := r.GetString(i, 0)
 		dt, _ := r.GetString(i, 1)
 		ct, _ := r.GetString(i, 2)
 		cs, _ := r.GetString(i, 3)
 		key, _ := r.GetString(i, 4)
-		c := newColumn(col, dt, ct, cs, key == "PRI")
-		tab.cols = append(tab.cols, c)
-		tab.t.Columns = append(tab.t.Columns, change.Column{Name: col, Type: ct, Key: c.key})
-		tab.t.HasKey = tab.t.HasKey || c.key
+		tab.cols = append(tab.cols, newColumn(col, dt, ct, cs, key == "PRI"))
 	}
+	cs, err := conn.Execute(`SELECT COALESCE(c.CHARACTER_SET_NAME, '') FROM information_schema.TABLES t
+		JOIN information_schema.COLLATIONS c ON c.COLLATION_NAME = t.TABLE_COLLATION
+		WHERE t.TABLE_SCHEMA = ? AND t.TABLE_NAME = ?`, db, t)
+	if err != nil {
+		return nil, fmt.Errorf("read the character set of %s: %w", name, err)
+	}
+	if len(cs.Values) > 0 {
+		tab.charset, _ = cs.GetString(0, 0)
+	}
+	tab.build(prefix)
 	return tab, nil
+}
+
+// dbCharset reads a database's default character set ("" if unknown).
+func dbCharset(conn *client.Conn, db string) string {
+	r, err := conn.Execute("SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?", db)
+	if err != nil || len(r.Values) == 0 {
+		return ""
+	}
+	cs, _ := r.GetString(0, 0)
+	return cs
 }
 
 // masterStatus reads the current binlog position.
 func masterStatus(conn *client.Conn, flavor string) (position, error) {
 	r, err := conn.Execute("SHOW MASTER STATUS")
 	if err != nil {
-		return position{}, fmt.Errorf("read the binlog position (SHOW MASTER STATUS needs REPLICATION CLIENT): %w", err)
+		// MySQL 8.4 has only the new name.
+		var err2 error
+		if r, err2 = conn.Execute("SHOW BINARY LOG STATUS"); err2 != nil {
+			return position{}, fmt.Errorf("read the binlog position (SHOW MASTER STATUS needs REPLICATION CLIENT): %w", err)
+		}
 	}
 	if len(r.Values) == 0 {
 		return position{}, capture.Fatal(errors.New("SHOW MASTER STATUS is empty: the binary log is off"))
@@ -179,13 +340,14 @@ func masterStatus(conn *client.Conn, flavor string) (position, error) {
 }
 
 // snapshot reads every table in one consistent-snapshot transaction, whose
-// binlog position is read under a brief global read lock, and hands the
-// rows over as op "r". It returns that position: the stream starts there,
-// with no gap and no overlap.
-func (s *Source) snapshot(ctx context.Context, ep endpoint, h capture.Handler, tables map[string]*table) (position, error) {
+// binlog position and table shapes are read under a brief global read lock
+// (which holds DDL off), and hands the rows over as op "r". It returns that
+// position, where the stream starts with no gap and no overlap, and the
+// shapes there.
+func (s *Source) snapshot(ctx context.Context, ep endpoint, h capture.Handler, names []string) (position, map[string]*table, error) {
 	conn, err := s.connect(ctx, ep)
 	if err != nil {
-		return position{}, err
+		return position{}, nil, err
 	}
 	defer conn.Close()
 	flavor := gmysql.MySQLFlavor
@@ -193,22 +355,29 @@ func (s *Source) snapshot(ctx context.Context, ep endpoint, h capture.Handler, t
 		flavor = gmysql.MariaDBFlavor
 	}
 	if _, err := conn.Execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"); err != nil {
-		return position{}, err
+		return position{}, nil, err
 	}
 	locked := time.Now()
 	if _, err := conn.Execute("FLUSH TABLES WITH READ LOCK"); err != nil {
-		return position{}, capture.Fatal(fmt.Errorf("FLUSH TABLES WITH READ LOCK (needs the RELOAD privilege): %w", err))
+		return position{}, nil, capture.Fatal(fmt.Errorf("FLUSH TABLES WITH READ LOCK (needs the RELOAD privilege): %w", err))
 	}
 	if _, err := conn.Execute("START TRANSACTION WITH CONSISTENT SNAPSHOT"); err != nil {
 		_, _ = conn.Execute("UNLOCK TABLES")
-		return position{}, err
+		return position{}, nil, err
 	}
 	pos, err := masterStatus(conn, flavor)
+	tables := map[string]*table{}
+	for _, name := range names {
+		if err != nil {
+			break
+		}
+		tables[name], err = loadTable(conn, name, s.cfg.TopicPrefix)
+	}
 	if _, uerr := conn.Execute("UNLOCK TABLES"); uerr != nil && err == nil {
 		err = uerr
 	}
 	if err != nil {
-		return position{}, err
+		return position{}, nil, err
 	}
 	s.log.Info("snapshot position read under a global read lock", zap.Duration("lock_held", time.Since(locked)),
 		zap.String("file", pos.File), zap.Uint32("pos", pos.Pos), zap.String("gtid", pos.GTID))
@@ -221,7 +390,8 @@ func (s *Source) snapshot(ctx context.Context, ep endpoint, h capture.Handler, t
 	now := time.Now().UnixMilli()
 	first := true
 	var total int64
-	for name, tab := range tables {
+	for _, name := range names {
+		tab := tables[name]
 		db, t, _ := strings.Cut(name, ".")
 		var res gmysql.Result
 		err := conn.ExecuteSelectStreaming(fmt.Sprintf("SELECT * FROM `%s`.`%s`", strings.ReplaceAll(db, "`", "``"), strings.ReplaceAll(t, "`", "``")), &res,
@@ -246,8 +416,9 @@ func (s *Source) snapshot(ctx context.Context, ep endpoint, h capture.Handler, t
 				if first {
 					snap, first = "first", false
 				}
-				ev := change.Event{Op: change.OpRead, Table: tab.t, After: after, Source: change.Source{Connector: "mysql", Name: s.cfg.Name, TsMs: now, Snapshot: snap}}
-				b.Add(change.Record{Topic: tab.t.Topic, Key: enc.Key(&ev), Value: enc.Value(&ev, now), Table: tab.t, Op: change.OpRead})
+				ev := change.Event{Op: change.OpRead, Table: tab.t, After: after, Source: change.Source{Connector: "mysql", Name: s.cfg.Name, TsMs: now, Snapshot: snap,
+					File: pos.File, Pos: uint64(pos.Pos)}}
+				b.Add(change.Record{Topic: tab.t.Topic, Key: enc.Key(&ev), Value: enc.Value(&ev, now), Order: codec.Order(&ev), Table: tab.t, Op: change.OpRead})
 				total++
 				if len(b.Records) >= s.cfg.BatchRecords || b.Bytes >= s.cfg.BatchBytes {
 					// Hold the newest row back: the snapshot's very last
@@ -264,11 +435,11 @@ func (s *Source) snapshot(ctx context.Context, ep endpoint, h capture.Handler, t
 				return nil
 			}, nil)
 		if err != nil {
-			return position{}, fmt.Errorf("read %s: %w", name, err)
+			return position{}, nil, fmt.Errorf("read %s: %w", name, err)
 		}
 	}
 	if _, err := conn.Execute("COMMIT"); err != nil {
-		return position{}, err
+		return position{}, nil, err
 	}
 	if n := len(b.Records); n > 0 {
 		// The source block follows the row, so the last match is the
@@ -278,12 +449,12 @@ func (s *Source) snapshot(ctx context.Context, ep endpoint, h capture.Handler, t
 			copy(v[i+len(`"snapshot":"`):], "last")
 		}
 		if err := h.Handle(ctx, b); err != nil {
-			return position{}, err
+			return position{}, nil, err
 		}
 	}
 	if err := h.Drain(ctx); err != nil {
-		return position{}, err
+		return position{}, nil, err
 	}
 	s.log.Info("initial snapshot delivered", zap.Int64("rows", total), zap.Int("tables", len(tables)))
-	return pos, nil
+	return pos, tables, nil
 }

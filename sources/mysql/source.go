@@ -10,6 +10,8 @@ package mysql
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,6 +27,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/client"
 	gmysql "github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
+	"github.com/pingcap/tidb/pkg/parser"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
@@ -100,8 +103,13 @@ type endpoint struct {
 	addr, user, password, db string
 	host                     string
 	port                     uint16
+	tls                      *tls.Config // nil: plain TCP
 }
 
+// parseDSN reads mysql://user:pass@host:port/db[?tls=…&tls_ca=…]. tls is
+// true (verify the server's certificate against the system roots, or
+// tls_ca), skip-verify (encrypt without verifying), or false (the default);
+// tls_cert and tls_key add a client certificate.
 func parseDSN(dsn string) (endpoint, error) {
 	u, err := url.Parse(dsn)
 	if err != nil || u.Scheme != "mysql" {
@@ -119,11 +127,53 @@ func parseDSN(dsn string) (endpoint, error) {
 	}
 	e.port = uint16(p)
 	e.addr = net.JoinHostPort(e.host, port)
+	if e.tls, err = tlsConfig(u.Query(), e.host); err != nil {
+		return endpoint{}, fmt.Errorf("source.dsn: %w", err)
+	}
 	return e, nil
 }
 
+func tlsConfig(q url.Values, host string) (*tls.Config, error) {
+	var cfg *tls.Config
+	switch mode := q.Get("tls"); mode {
+	case "", "false":
+		if q.Get("tls_ca") != "" || q.Get("tls_cert") != "" {
+			return nil, errors.New("tls_ca/tls_cert need tls=true (or skip-verify)")
+		}
+		return nil, nil
+	case "true":
+		cfg = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	case "skip-verify":
+		cfg = &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12} //nolint:gosec // asked for by the user
+	default:
+		return nil, fmt.Errorf("tls=%q: use true, skip-verify or false", mode)
+	}
+	if ca := q.Get("tls_ca"); ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("tls_ca: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls_ca %s: no PEM certificate in it", ca)
+		}
+	}
+	if cert, key := q.Get("tls_cert"), q.Get("tls_key"); cert != "" || key != "" {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("tls_cert/tls_key: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
+
 func (s *Source) connect(ctx context.Context, ep endpoint) (*client.Conn, error) {
-	conn, err := client.ConnectWithContext(ctx, ep.addr, ep.user, ep.password, "", 10*time.Second)
+	var opts []client.Option
+	if ep.tls != nil {
+		opts = append(opts, func(c *client.Conn) error { c.SetTLSConfig(ep.tls); return nil })
+	}
+	conn, err := client.ConnectWithContext(ctx, ep.addr, ep.user, ep.password, "", 10*time.Second, opts...)
 	if err != nil {
 		err = fmt.Errorf("connect to MySQL at %s: %w", config.Redact(s.cfg.DSN), err)
 		if !s.connected.Load() {
@@ -159,7 +209,11 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 	if err != nil {
 		return err
 	}
-	tables, err := resolveTables(conn, s.cfg.Tables)
+	if err := checkReplicaID(ctx, conn, s.cfg.ServerID, min(10*time.Second, max(2*time.Second, 10*s.cfg.StatusInterval))); err != nil {
+		return err
+	}
+	match := newMatcher(s.cfg.Tables)
+	hist, err := s.loadHistory(ctx)
 	if err != nil {
 		return err
 	}
@@ -168,39 +222,59 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 	if err != nil {
 		return fmt.Errorf("load binlog position: %w", err)
 	}
-	if raw != nil {
+	var tables []string
+	switch {
+	case raw != nil:
 		if err := json.Unmarshal(raw, &start); err != nil {
 			return capture.Fatal(fmt.Errorf("stored position %s is corrupt: %w", s.positionKey(), err))
 		}
-	} else if s.cfg.Snapshot == "initial" {
-		current := map[string]*table{}
-		for _, t := range tables {
-			if current[t], err = loadTable(conn, t, s.cfg.TopicPrefix); err != nil {
-				return err
-			}
+		// Tables the history knows at the start position are captured
+		// even if they no longer exist: their rows before the DROP are
+		// still to be read.
+		if tables, err = resolveTables(conn, s.cfg.Tables, match.filter(hist.alive(start.File, start.Pos))); err != nil {
+			return err
 		}
-		if start, err = s.snapshot(ctx, ep, h, current); err != nil {
+	case s.cfg.Snapshot == "initial":
+		if tables, err = resolveTables(conn, s.cfg.Tables, nil); err != nil {
+			return err
+		}
+		var shapes map[string]*table
+		if start, shapes, err = s.snapshot(ctx, ep, h, tables); err != nil {
 			return fmt.Errorf("initial snapshot: %w", err)
+		}
+		// A new snapshot starts a new history: the shapes read under its
+		// lock, stored before the position that needs them.
+		hist = &history{}
+		for _, name := range tables {
+			hist.record(entryOf(shapes[name], start.File, start.Pos))
+		}
+		if err := s.saveHistory(ctx, hist); err != nil {
+			return err
 		}
 		if err := s.store.Save(ctx, s.positionKey(), []byte(start.encode())); err != nil {
 			return fmt.Errorf("store the snapshot's position: %w", err)
 		}
-	} else {
+	default:
+		// No snapshot: read the position first, then the shapes, so that
+		// a DDL in between is replayed from the binlog (and applying it to
+		// a shape that already has it changes nothing).
 		if start, err = masterStatus(conn, flavor); err != nil {
 			return err
 		}
-	}
-	hist, err := s.loadHistory(ctx)
-	if err != nil {
-		return err
+		if tables, err = resolveTables(conn, s.cfg.Tables, nil); err != nil {
+			return err
+		}
 	}
 	schemas, err := s.shapesAt(conn, hist, tables, start)
 	if err != nil {
 		return err
 	}
+	hist.prune(start)
 	if err := s.saveHistory(ctx, hist); err != nil {
 		return err
 	}
+	tracker := &ddlTracker{p: parser.New(), prefix: s.cfg.TopicPrefix, match: match.match,
+		dbCharset: func(db string) string { return dbCharset(conn, db) }}
 
 	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		ServerID:                s.cfg.ServerID,
@@ -209,6 +283,7 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 		Port:                    ep.port,
 		User:                    ep.user,
 		Password:                ep.password,
+		TLSConfig:               ep.tls,
 		UseDecimal:              true,
 		TimestampStringLocation: time.UTC,
 		HeartbeatPeriod:         min(s.cfg.StatusInterval, 10*time.Second),
@@ -244,7 +319,7 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 	g, gctx := errgroup.WithContext(ctx)
 	saved := change.Position(start.encode())
 	g.Go(func() error { return s.saver(gctx, saved) }) // the saver has its own copy
-	st := &stream{s: s, h: h, tables: schemas, hist: hist, conn: conn, enc: codec.NewEncoder(s.cfg.Version),
+	st := &stream{s: s, h: h, tables: schemas, hist: hist, ddl: tracker, conn: conn, enc: codec.NewEncoder(s.cfg.Version),
 		batch: &change.Batch{}, file: start.File, gtid: start.GTID}
 	g.Go(func() error { return st.run(gctx, streamer) })
 	err = g.Wait()
@@ -303,6 +378,7 @@ type stream struct {
 	h      capture.Handler
 	tables map[string]*table // "db.table"
 	hist   *history
+	ddl    *ddlTracker
 	conn   *client.Conn
 	enc    *codec.Encoder
 	batch  *change.Batch
@@ -406,21 +482,9 @@ func (st *stream) event(ctx context.Context, ev *replication.BinlogEvent) error 
 		case "COMMIT": // a transaction on a non-transactional engine
 			return st.commit(ctx, ev.Header.LogPos, e.GSet)
 		}
-		if strings.HasPrefix(strings.ToUpper(q), "TRUNCATE") {
-			for _, name := range st.named(string(e.Schema), q) {
-				tab := st.tables[name]
-				st.txOrder++
-				st.ev = change.Event{Op: change.OpTruncate, Table: tab.t, Source: change.Source{
-					Connector: "mysql", Name: st.s.cfg.Name, TsMs: st.ts, ServerID: st.serverID, GTID: st.txGTID,
-					File: st.file, Pos: uint64(ev.Header.LogPos - ev.Header.EventSize), Thread: int64(e.SlaveProxyID),
-				}, TxOrder: st.txOrder, TxTableOrder: 1, TxName: st.txName}
-				st.batch.Add(change.Record{Topic: tab.t.Topic, Value: st.enc.Value(&st.ev, time.Now().UnixMilli()), Table: tab.t, Op: change.OpTruncate})
-			}
-			return st.commit(ctx, ev.Header.LogPos, e.GSet)
-		}
-		// DDL: take the new shape of the captured tables it names, then
-		// checkpoint after it (a DDL statement is its own transaction).
-		if err := st.ddl(ctx, string(e.Schema), q, ev.Header.LogPos); err != nil {
+		// Any other statement: DDL that may change the captured tables,
+		// checkpointed after it (a DDL statement is its own transaction).
+		if err := st.query(ctx, ev.Header, e, q); err != nil {
 			return err
 		}
 		return st.commit(ctx, ev.Header.LogPos, e.GSet)
@@ -548,7 +612,7 @@ func (st *stream) rows(ctx context.Context, hdr *replication.EventHeader, e *rep
 			Row: int32(i / step), Thread: st.thread,
 		}, TxOrder: st.txOrder, TxTableOrder: tab.counter, TxName: st.txName}
 		key := st.enc.Key(&st.ev)
-		st.batch.Add(change.Record{Topic: tab.t.Topic, Key: key, Value: st.enc.Value(&st.ev, time.Now().UnixMilli()), Table: tab.t, Op: op})
+		st.batch.Add(change.Record{Topic: tab.t.Topic, Key: key, Value: st.enc.Value(&st.ev, time.Now().UnixMilli()), Order: codec.Order(&st.ev), Table: tab.t, Op: op})
 		if op == change.OpDelete && st.s.cfg.Tombstones && key != nil {
 			st.batch.Add(change.Record{Topic: tab.t.Topic, Key: key, Table: tab.t, Op: op})
 		}
@@ -562,8 +626,9 @@ func (st *stream) rows(ctx context.Context, hdr *replication.EventHeader, e *rep
 // values renders a row image into dst (reused).
 func (st *stream) values(dst []change.Value, tab *table, row []any) ([]change.Value, error) {
 	if len(row) != len(tab.cols) {
-		return nil, capture.Fatal(fmt.Errorf("table %s: binlog row has %d columns, the table %d: its shape changed in a way the schema history does not hold (several DDLs of the table while Tideline was not reading)",
-			tab.name, len(row), len(tab.cols)))
+		return nil, capture.Fatal(fmt.Errorf("table %s: binlog row has %d columns, the tracked shape %d: the schema history lost a DDL of this table (see the warnings about DDL not tracked by parsing); "+
+			"to recover, take a new snapshot: delete the key %q from the offsets topic",
+			tab.name, len(row), len(tab.cols), st.s.positionKey()))
 	}
 	dst = dst[:0]
 	for i, v := range row {
@@ -583,8 +648,8 @@ func (st *stream) values(dst []change.Value, tab *table, row []any) ([]change.Va
 }
 
 // named returns the captured tables a statement (run with default
-// database schema) may name. It errs on the side of too many: a reload
-// of a table that did not change is harmless.
+// database schema) may name. It errs on the side of too many: a reload of
+// a table that did not change is harmless.
 func (st *stream) named(schema, q string) []string {
 	lq := strings.ToLower(q)
 	var out []string
@@ -597,35 +662,65 @@ func (st *stream) named(schema, q string) []string {
 	return out
 }
 
-// ddl takes the new shape of every captured table a statement names:
-// the one the schema history recorded at this position when the DDL is
-// replayed, else the current one, which it records (durably, before any
-// row after the DDL is handed over).
-func (st *stream) ddl(ctx context.Context, schema, q string, logPos uint32) error {
-	changed := false
-	for _, name := range st.named(schema, q) {
-		tab := st.tables[name]
-		if e, ok := st.hist.exact(name, st.file, logPos); ok {
-			st.tables[name] = tableOf(e, st.s.cfg.TopicPrefix)
-			continue
+// query applies a statement other than BEGIN/COMMIT: DDL changes the
+// captured shapes (recorded in the schema history, durably, before any
+// row after it is handed over), TRUNCATE becomes an op "t" event.
+func (st *stream) query(ctx context.Context, hdr *replication.EventHeader, e *replication.QueryEvent, q string) error {
+	logPos := hdr.LogPos
+	effs, err := st.ddl.apply(st.tables, string(e.Schema), q)
+	if err != nil {
+		// A statement the tracker cannot follow: read the shapes it may
+		// have changed from the server. That is exact only while no later
+		// DDL changed them, so say so.
+		names := st.named(string(e.Schema), q)
+		var unparsed errUnparsed
+		if errors.As(err, &unparsed) && len(names) == 0 {
+			return nil // not about a captured table (GRANT, CREATE USER, …)
 		}
-		fresh, err := loadTable(st.conn, name, st.s.cfg.TopicPrefix)
-		if err != nil {
+		st.s.log.Warn("DDL not tracked by parsing; reading the table shapes from the server instead (exact unless a later DDL changed them)",
+			zap.Error(err), zap.Strings("tables", names))
+		effs = effs[:0]
+		for _, name := range names {
+			fresh, lerr := loadTable(st.conn, name, st.s.cfg.TopicPrefix)
 			var missing errMissing
-			if errors.As(err, &missing) {
-				st.s.log.Info("captured table dropped", zap.String("table", name))
-				st.hist.Entries = append(st.hist.Entries, historyEntry{File: st.file, Pos: logPos, Table: name, Dropped: true})
-				changed = true
-				continue
+			switch {
+			case errors.As(lerr, &missing):
+				delete(st.tables, name)
+				effs = append(effs, effect{kind: effDropped, name: name})
+			case lerr != nil:
+				return lerr
+			default:
+				st.tables[name] = fresh
+				effs = append(effs, effect{kind: effAltered, name: name})
 			}
-			return err
 		}
-		if len(fresh.cols) != len(tab.cols) {
-			st.s.log.Info("table shape changed", zap.String("table", name), zap.Int("columns_before", len(tab.cols)), zap.Int("columns", len(fresh.cols)))
+	}
+	changed := false
+	for _, ef := range effs {
+		switch ef.kind {
+		case effTruncated:
+			tab := st.tables[ef.name]
+			st.txOrder++
+			st.ev = change.Event{Op: change.OpTruncate, Table: tab.t, Source: change.Source{
+				Connector: "mysql", Name: st.s.cfg.Name, TsMs: st.ts, ServerID: st.serverID, GTID: st.txGTID,
+				File: st.file, Pos: uint64(hdr.LogPos - hdr.EventSize), Thread: int64(e.SlaveProxyID),
+			}, TxOrder: st.txOrder, TxTableOrder: 1, TxName: st.txName}
+			st.batch.Add(change.Record{Topic: tab.t.Topic, Value: st.enc.Value(&st.ev, time.Now().UnixMilli()), Order: codec.Order(&st.ev), Table: tab.t, Op: change.OpTruncate})
+		case effAltered, effCreated:
+			tab := st.tables[ef.name]
+			st.s.log.Info("table shape changed", zap.String("table", ef.name), zap.Int("columns", len(tab.cols)),
+				zap.Bool("created", ef.kind == effCreated), zap.String("file", st.file), zap.Uint32("pos", logPos))
+			st.hist.record(entryOf(tab, st.file, logPos))
+			changed = true
+		case effDropped, effRenamedAway:
+			if ef.to != "" {
+				st.s.log.Info("captured table renamed", zap.String("table", ef.name), zap.String("to", ef.to))
+			} else {
+				st.s.log.Info("table left the capture (dropped or renamed)", zap.String("table", ef.name))
+			}
+			st.hist.record(historyEntry{File: st.file, Pos: logPos, Table: ef.name, Dropped: true})
+			changed = true
 		}
-		st.tables[name] = fresh
-		st.hist.Entries = append(st.hist.Entries, entryOf(fresh, st.file, logPos))
-		changed = true
 	}
 	if changed {
 		return st.s.saveHistory(ctx, st.hist)

@@ -12,6 +12,7 @@ import (
 	"github.com/shopspring/decimal"
 	"golang.org/x/text/encoding/charmap"
 
+	"github.com/tideline-cdc/tideline/pkg/change"
 	"github.com/tideline-cdc/tideline/pkg/codec"
 )
 
@@ -26,6 +27,8 @@ type column struct {
 	binary   bool     // binary character set (BINARY, VARBINARY, BLOB)
 	labels   []string // ENUM and SET members, in order
 	bits     int      // integer width, for unsigned wrap-around
+	scale    int32    // DECIMAL digits after the point
+	logical  change.Logical
 }
 
 // newColumn fills the derived fields from information_schema's text.
@@ -46,8 +49,63 @@ func newColumn(name, dataType, colType, charset string, key bool) column {
 		c.bits = 64
 	case "enum", "set":
 		c.labels = parseLabels(colType)
+	case "decimal", "numeric":
+		// decimal(p,s): the binlog's value is printed with s digits, as
+		// the snapshot's text is.
+		if _, after, ok := strings.Cut(colType, ","); ok {
+			n, _ := strconv.Atoi(strings.TrimRight(strings.TrimSpace(after), ") unsigdzerofl"))
+			c.scale = int32(n)
+		}
 	}
+	c.logical = logicalOf(c)
 	return c
+}
+
+// logicalOf is the column's logical type (docs/types.md).
+func logicalOf(c column) change.Logical {
+	switch c.dataType {
+	case "tinyint", "year":
+		return change.Int16
+	case "smallint":
+		if c.unsigned {
+			return change.Int32
+		}
+		return change.Int16
+	case "mediumint":
+		return change.Int32
+	case "int", "integer":
+		if c.unsigned {
+			return change.Int64
+		}
+		return change.Int32
+	case "bigint":
+		if c.unsigned {
+			return change.Uint64
+		}
+		return change.Int64
+	case "bit":
+		return change.Int64
+	case "decimal", "numeric":
+		return change.Decimal
+	case "float":
+		return change.Float32
+	case "double", "real":
+		return change.Float64
+	case "date":
+		return change.Date
+	case "time":
+		return change.Time
+	case "datetime":
+		return change.Timestamp
+	case "timestamp":
+		return change.TimestampTZ
+	case "json":
+		return change.JSON
+	}
+	if c.binary {
+		return change.Bytes
+	}
+	return change.String
 }
 
 // parseLabels reads the members of enum('a','b”c') or set(…).
@@ -93,7 +151,7 @@ func appendValue(dst []byte, c *column, v any, binlog bool) ([]byte, error) {
 	case "decimal", "numeric":
 		switch x := v.(type) {
 		case decimal.Decimal:
-			return codec.AppendStringS(dst, x.String()), nil
+			return codec.AppendStringS(dst, x.StringFixed(c.scale)), nil
 		case float64: // go-mysql without UseDecimal; not used
 			return codec.AppendStringS(dst, strconv.FormatFloat(x, 'f', -1, 64)), nil
 		}

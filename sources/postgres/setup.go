@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tideline-cdc/tideline/pkg/capture"
+	"github.com/tideline-cdc/tideline/pkg/change"
 	"github.com/tideline-cdc/tideline/pkg/config"
 )
 
@@ -287,9 +288,28 @@ func keyColumns(ctx context.Context, conn *pgx.Conn, oid uint32) (map[string]boo
 
 // typeInfo is what the source needs of a column type.
 type typeInfo struct {
-	name  string
-	conv  conv
-	delim byte // the array delimiter of this type's values (',' but ';' for box)
+	name    string
+	conv    conv
+	delim   byte // the array delimiter of this type's values (',' but ';' for box)
+	logical change.Logical
+}
+
+// typeName is the column type as sinks see it: the type's name, with the
+// precision and scale of a numeric, or the length of a varchar or char,
+// from the column's type modifier.
+func (ti typeInfo) typeName(typmod int32) string {
+	switch ti.name {
+	case "numeric":
+		if typmod >= 4 {
+			m := typmod - 4
+			return fmt.Sprintf("numeric(%d,%d)", (m>>16)&0xffff, m&0xffff)
+		}
+	case "varchar", "bpchar":
+		if typmod >= 4 {
+			return fmt.Sprintf("%s(%d)", ti.name, typmod-4)
+		}
+	}
+	return ti.name
 }
 
 // types resolves type OIDs to names and converters, asking the catalog for
@@ -331,16 +351,19 @@ func (ts *types) lookup(ctx context.Context, oid uint32) (typeInfo, error) {
 			return typeInfo{}, err
 		}
 		ti.conv = arrayConv(et.conv, et.delim)
+		ti.logical = change.Array
 	case base != 0: // a domain converts like its base type
 		bt, err := ts.lookup(ctx, base)
 		if err != nil {
 			return typeInfo{}, err
 		}
 		ti.conv = bt.conv
+		ti.logical = bt.logical
 	default:
 		// Including int2vector and oidvector: arrays in the catalog, but
 		// printed space-separated without braces; they stay strings.
 		ti.conv = scalarConv(oid)
+		ti.logical = scalarLogical(oid)
 	}
 	ts.cache[oid] = ti
 	return ti, nil

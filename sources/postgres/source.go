@@ -716,7 +716,7 @@ func (st *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) er
 		if len(keys) == 0 && m.ReplicaIdentity != 'f' {
 			key = c.Flags&1 != 0
 		}
-		t.Columns[i] = change.Column{Name: c.Name, Type: ti.name, Key: key}
+		t.Columns[i] = change.Column{Name: c.Name, Type: ti.typeName(c.TypeModifier), Logical: ti.logical, Key: key}
 		t.HasKey = t.HasKey || key
 		rel.convs[i] = ti.conv
 	}
@@ -845,7 +845,7 @@ func (st *stream) stamp(rel *relation, lsn pglogrepl.LSN) {
 func (st *stream) emit(_ context.Context) {
 	ev := &st.ev
 	key := st.enc.Key(ev)
-	st.batch.Add(change.Record{Topic: ev.Table.Topic, Key: key, Value: st.enc.Value(ev, time.Now().UnixMilli()), Table: ev.Table, Op: ev.Op})
+	st.batch.Add(change.Record{Topic: ev.Table.Topic, Key: key, Value: st.enc.Value(ev, time.Now().UnixMilli()), Order: codec.Order(ev), Table: ev.Table, Op: ev.Op})
 	if ev.Op == change.OpDelete && st.s.cfg.Tombstones && key != nil {
 		st.batch.Add(change.Record{Topic: ev.Table.Topic, Key: key, Table: ev.Table, Op: ev.Op})
 	}
@@ -925,7 +925,7 @@ func (st *stream) snapshotTable(ctx context.Context, conn *pgx.Conn, t tableRef,
 			rr.Close()
 			return 0, err
 		}
-		tab.Columns[i] = change.Column{Name: fd.Name, Type: ti.name, Key: keys[fd.Name]}
+		tab.Columns[i] = change.Column{Name: fd.Name, Type: ti.typeName(fd.TypeModifier), Logical: ti.logical, Key: keys[fd.Name]}
 		tab.HasKey = tab.HasKey || keys[fd.Name]
 		rel.convs[i] = ti.conv
 	}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/tideline-cdc/tideline/pkg/change"
 	"github.com/tideline-cdc/tideline/pkg/codec"
 )
 
@@ -80,6 +81,45 @@ func scalarConv(oid uint32) conv {
 		return convTimetz
 	}
 	return convString
+}
+
+// scalarLogical is the logical type (docs/types.md) of a scalar type OID.
+func scalarLogical(oid uint32) change.Logical {
+	switch oid {
+	case oidInt2:
+		return change.Int16
+	case oidInt4:
+		return change.Int32
+	case oidInt8, oidOID:
+		return change.Int64
+	case oidFloat4:
+		return change.Float32
+	case oidFloat8:
+		return change.Float64
+	case oidNumeric:
+		return change.Decimal
+	case oidBool:
+		return change.Bool
+	case oidBytea:
+		return change.Bytes
+	case oidDate:
+		return change.Date
+	case oidTime:
+		return change.Time
+	case oidTimestamp:
+		return change.Timestamp
+	case oidTimestamptz:
+		return change.TimestampTZ
+	case oidTimetz:
+		return change.TimeTZ
+	case oidInterval:
+		return change.Interval
+	case oidJSON, oidJSONB:
+		return change.JSON
+	case oidUUID:
+		return change.UUID
+	}
+	return change.String
 }
 
 func convString(dst, text []byte) ([]byte, error) { return codec.AppendString(dst, text), nil }
