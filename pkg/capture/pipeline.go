@@ -25,6 +25,7 @@ type Pipeline struct {
 	src     Source
 	cl      *kgo.Client
 	topics  *kafka.Topics
+	schemas *kafka.Schemas
 	tracker *checkpoint.Tracker
 	m       *observe.Metrics
 	log     *zap.Logger
@@ -60,14 +61,15 @@ func WithAckHook(fn func(commitMicros int64, ackAt time.Time)) Option {
 }
 
 // New returns a pipeline named name that reads src and produces with cl,
-// creating topics with topics, never holding more than budget bytes in
-// flight.
-func New(name string, src Source, cl *kgo.Client, topics *kafka.Topics, budget int64, m *observe.Metrics, log *zap.Logger, opts ...Option) *Pipeline {
+// creating topics with topics and publishing table shapes to schemas,
+// never holding more than budget bytes in flight.
+func New(name string, src Source, cl *kgo.Client, topics *kafka.Topics, schemas *kafka.Schemas, budget int64, m *observe.Metrics, log *zap.Logger, opts ...Option) *Pipeline {
 	p := &Pipeline{
 		name:       name,
 		src:        src,
 		cl:         cl,
 		topics:     topics,
+		schemas:    schemas,
 		m:          m,
 		log:        log,
 		produceCtx: context.Background(),
@@ -127,6 +129,9 @@ func (p *Pipeline) Handle(ctx context.Context, b *change.Batch) error {
 		if err := p.ensureTopics(ctx, b); err != nil {
 			return err
 		}
+		if err := p.stampSchemas(ctx, b); err != nil {
+			return err
+		}
 	}
 	if err := p.tracker.Acquire(ctx, b.Bytes); err != nil {
 		return err
@@ -168,6 +173,29 @@ func (p *Pipeline) ensureTopics(ctx context.Context, b *change.Batch) error {
 			}
 			last = t
 		}
+	}
+	return nil
+}
+
+// stampSchemas sets each record's shape fingerprint, publishing shapes not
+// published yet (and waiting for their ack) before any record naming them
+// is produced.
+func (p *Pipeline) stampSchemas(ctx context.Context, b *change.Batch) error {
+	var last *change.Table
+	var id []byte
+	for i := range b.Records {
+		r := &b.Records[i]
+		if r.Table == nil || r.Value == nil {
+			continue
+		}
+		if r.Table != last {
+			var err error
+			if id, err = p.schemas.ID(ctx, r.Table); err != nil {
+				return err
+			}
+			last = r.Table
+		}
+		r.Schema = id
 	}
 	return nil
 }

@@ -176,6 +176,9 @@ type Record struct {
 	// Order sorts (bytewise) like the event's position in the source's
 	// log: sinks keep a row's newest change by it. Nil for tombstones.
 	Order []byte
+	// Schema is the fingerprint of Table's shape in the schemas topic,
+	// set by the publisher.
+	Schema []byte
 	// Table and Op are kept for metrics; they are not sent.
 	Table *Table
 	Op    Op

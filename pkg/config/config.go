@@ -22,8 +22,10 @@ const Embedded = "embedded"
 type Config struct {
 	// Name identifies the pipeline: default slot, publication and topic
 	// prefix, metric labels.
-	Name    string  `yaml:"name"`
-	Source  Source  `yaml:"source"`
+	Name   string `yaml:"name"`
+	Source Source `yaml:"source"`
+	// Sinks apply the change topics to targets (sinks.go).
+	Sinks   []Sink  `yaml:"sinks"`
 	Kafka   Kafka   `yaml:"kafka"`
 	Capture Capture `yaml:"capture"`
 	HTTP    HTTP    `yaml:"http"`
@@ -110,6 +112,10 @@ type Log struct {
 	Format string `yaml:"format"` // json or console
 }
 
+// HasSource reports whether the config captures a source (a config with
+// only sinks has none).
+func (c *Config) HasSource() bool { return c.Source.Type != "" || len(c.Sinks) == 0 }
+
 // TombstonesOn reports whether deletes are followed by a tombstone.
 func (k *Kafka) TombstonesOn() bool { return k.Tombstones == nil || *k.Tombstones }
 
@@ -193,6 +199,9 @@ func (c *Config) Defaults() {
 	if c.Log.Format == "" {
 		c.Log.Format = "json"
 	}
+	for i := range c.Sinks {
+		c.Sinks[i].defaults(c.Name)
+	}
 }
 
 var (
@@ -246,71 +255,74 @@ func (c *Config) Validate() error {
 	} else if !nameRe.MatchString(c.Name) {
 		add("name", "%q: use letters, digits, '_', '.' or '-' (at most 100)", c.Name)
 	}
-	switch c.Source.Type {
-	case "postgres":
-		if c.Source.DSN == "" {
-			add("source.dsn", "is required (postgres://user:pass@host:port/db)")
-		} else if u, err := url.Parse(string(c.Source.DSN)); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-			add("source.dsn", "must be a postgres:// URL")
-		} else if strings.Trim(u.Path, "/") == "" {
-			add("source.dsn", "must name a database (postgres://host:port/DB)")
-		}
-	case "mysql":
-		if c.Source.DSN == "" {
-			add("source.dsn", "is required (mysql://user:pass@host:port/db)")
-		} else if u, err := url.Parse(string(c.Source.DSN)); err != nil || u.Scheme != "mysql" || u.Host == "" {
-			add("source.dsn", "must be a mysql://user:pass@host:port/db URL")
-		} else {
-			q := u.Query()
-			switch q.Get("tls") {
-			case "", "false", "true", "skip-verify":
-			default:
-				add("source.dsn", "tls=%q: use true, skip-verify or false", q.Get("tls"))
+	// A config with sinks and no source runs sinks only.
+	if c.HasSource() {
+		switch c.Source.Type {
+		case "postgres":
+			if c.Source.DSN == "" {
+				add("source.dsn", "is required (postgres://user:pass@host:port/db)")
+			} else if u, err := url.Parse(string(c.Source.DSN)); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+				add("source.dsn", "must be a postgres:// URL")
+			} else if strings.Trim(u.Path, "/") == "" {
+				add("source.dsn", "must name a database (postgres://host:port/DB)")
 			}
-			for _, k := range []string{"tls_ca", "tls_cert", "tls_key"} {
-				if f := q.Get(k); f != "" {
-					if _, err := os.Stat(f); err != nil {
-						add("source.dsn", "%s: %v", k, err)
+		case "mysql":
+			if c.Source.DSN == "" {
+				add("source.dsn", "is required (mysql://user:pass@host:port/db)")
+			} else if u, err := url.Parse(string(c.Source.DSN)); err != nil || u.Scheme != "mysql" || u.Host == "" {
+				add("source.dsn", "must be a mysql://user:pass@host:port/db URL")
+			} else {
+				q := u.Query()
+				switch q.Get("tls") {
+				case "", "false", "true", "skip-verify":
+				default:
+					add("source.dsn", "tls=%q: use true, skip-verify or false", q.Get("tls"))
+				}
+				for _, k := range []string{"tls_ca", "tls_cert", "tls_key"} {
+					if f := q.Get(k); f != "" {
+						if _, err := os.Stat(f); err != nil {
+							add("source.dsn", "%s: %v", k, err)
+						}
+					}
+				}
+				for k := range q {
+					switch k {
+					case "tls", "tls_ca", "tls_cert", "tls_key":
+					default:
+						add("source.dsn", "unknown parameter %q (known: tls, tls_ca, tls_cert, tls_key)", k)
 					}
 				}
 			}
-			for k := range q {
-				switch k {
-				case "tls", "tls_ca", "tls_cert", "tls_key":
-				default:
-					add("source.dsn", "unknown parameter %q (known: tls, tls_ca, tls_cert, tls_key)", k)
-				}
+		case "":
+			add("source.type", "is required (postgres or mysql)")
+		default:
+			add("source.type", "%q is not a known source type (postgres or mysql)", c.Source.Type)
+		}
+		if len(c.Source.Tables) == 0 {
+			add("source.tables", "list at least one schema.table (wildcards '*' allowed)")
+		}
+		for i, t := range c.Source.Tables {
+			if !patternRe.MatchString(t) {
+				add(fmt.Sprintf("source.tables[%d]", i), "%q is not schema.table", t)
 			}
 		}
-	case "":
-		add("source.type", "is required (postgres or mysql)")
-	default:
-		add("source.type", "%q is not a known source type (postgres or mysql)", c.Source.Type)
-	}
-	if len(c.Source.Tables) == 0 {
-		add("source.tables", "list at least one schema.table (wildcards '*' allowed)")
-	}
-	for i, t := range c.Source.Tables {
-		if !patternRe.MatchString(t) {
-			add(fmt.Sprintf("source.tables[%d]", i), "%q is not schema.table", t)
+		switch c.Source.Snapshot {
+		case "initial", "never":
+		default:
+			add("source.snapshot", "%q: use initial or never", c.Source.Snapshot)
 		}
-	}
-	switch c.Source.Snapshot {
-	case "initial", "never":
-	default:
-		add("source.snapshot", "%q: use initial or never", c.Source.Snapshot)
-	}
-	if !identRe.MatchString(c.Source.Slot) {
-		add("source.slot", "%q: a slot name is 1-63 lower-case letters, digits or '_'", c.Source.Slot)
-	}
-	if !identRe.MatchString(c.Source.Publication) {
-		add("source.publication", "%q: use 1-63 lower-case letters, digits or '_'", c.Source.Publication)
-	}
-	// The status doubles as the keepalive while back-pressure holds
-	// reading; PostgreSQL drops a silent connection after
-	// wal_sender_timeout (60s by default).
-	if c.Source.StatusInterval < 100*time.Millisecond || c.Source.StatusInterval > 30*time.Second {
-		add("source.status_interval", "%s: must be between 100ms and 30s (below half of PostgreSQL's wal_sender_timeout)", c.Source.StatusInterval)
+		if !identRe.MatchString(c.Source.Slot) {
+			add("source.slot", "%q: a slot name is 1-63 lower-case letters, digits or '_'", c.Source.Slot)
+		}
+		if !identRe.MatchString(c.Source.Publication) {
+			add("source.publication", "%q: use 1-63 lower-case letters, digits or '_'", c.Source.Publication)
+		}
+		// The status doubles as the keepalive while back-pressure holds
+		// reading; PostgreSQL drops a silent connection after
+		// wal_sender_timeout (60s by default).
+		if c.Source.StatusInterval < 100*time.Millisecond || c.Source.StatusInterval > 30*time.Second {
+			add("source.status_interval", "%s: must be between 100ms and 30s (below half of PostgreSQL's wal_sender_timeout)", c.Source.StatusInterval)
+		}
 	}
 	if len(c.Kafka.Brokers) == 0 {
 		add("kafka.brokers", "list at least one host:port, or [embedded]")
@@ -386,6 +398,7 @@ func (c *Config) Validate() error {
 	default:
 		add("log.format", "%q: use json or console", c.Log.Format)
 	}
+	ps = append(ps, c.validateSinks()...)
 	if len(ps) > 0 {
 		return ps
 	}

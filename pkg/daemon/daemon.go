@@ -10,10 +10,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/tideline-cdc/tideline/pkg/apply"
 	"github.com/tideline-cdc/tideline/pkg/capture"
+	"github.com/tideline-cdc/tideline/pkg/change"
 	"github.com/tideline-cdc/tideline/pkg/checkpoint"
 	"github.com/tideline-cdc/tideline/pkg/config"
 	"github.com/tideline-cdc/tideline/pkg/kafka"
@@ -95,14 +98,39 @@ type Options struct {
 	Started func(httpAddr string, brokers []string)
 	// Metrics, when set, is used instead of a new registry.
 	Metrics *observe.Metrics
+	// Role is all (default), capture or sinks.
+	Role string
 }
 
-// Run runs the pipeline described by cfg until ctx is done (then it drains,
-// confirms and returns nil) or a fatal error.
+// Roles split a config between processes.
+const (
+	RoleAll     = "all"     // capture and every sink (the default)
+	RoleCapture = "capture" // the source and the publisher only
+	RoleSinks   = "sinks"   // the sinks only, as consumer-group members
+)
+
+// Run runs what cfg describes in role o.Role (default all) until ctx is
+// done (then it drains, confirms and returns nil) or a fatal error.
 func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) error {
 	m := o.Metrics
 	if m == nil {
 		m = observe.NewMetrics()
+	}
+	role := o.Role
+	if role == "" {
+		role = RoleAll
+	}
+	runCapture := role != RoleSinks && cfg.HasSource()
+	runSinks := role != RoleCapture && len(cfg.Sinks) > 0
+	switch {
+	case role != RoleAll && role != RoleCapture && role != RoleSinks:
+		return fmt.Errorf("role %q: use all, capture or sinks", role)
+	case role == RoleCapture && !cfg.HasSource():
+		return errors.New("role capture: the config has no source")
+	case role == RoleSinks && len(cfg.Sinks) == 0:
+		return errors.New("role sinks: the config has no sinks")
+	case role == RoleSinks && cfg.Kafka.IsEmbedded():
+		return errors.New("role sinks: kafka.brokers is [embedded], which runs in the capture process: list the brokers to read from")
 	}
 	brokers := cfg.Kafka.Brokers
 	var topicExtra map[string]string
@@ -122,23 +150,65 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) er
 	}
 	defer cl.Close()
 	topics := kafka.NewTopics(cl, cfg.Kafka.Topics, topicExtra)
-	store := kafka.NewStore(cl, topics, cfg.Kafka.TopicPrefix+".offsets")
+	schemas := kafka.NewSchemas(cl, topics, cfg.Kafka.TopicPrefix+".schemas")
 
-	factory, ok := Sources[cfg.Source.Type]
-	if !ok {
-		return fmt.Errorf("source.type %q is not known", cfg.Source.Type)
+	var p *capture.Pipeline
+	if runCapture {
+		store := kafka.NewStore(cl, topics, cfg.Kafka.TopicPrefix+".offsets")
+		factory, ok := Sources[cfg.Source.Type]
+		if !ok {
+			return fmt.Errorf("source.type %q is not known", cfg.Source.Type)
+		}
+		src, err := factory(Deps{Config: cfg, Store: store, Metrics: m, Log: log})
+		if err != nil {
+			return err
+		}
+		var popts []capture.Option
+		if o.OnAck != nil {
+			popts = append(popts, capture.WithAckHook(o.OnAck))
+		}
+		p = capture.New(cfg.Name, src, cl, topics, schemas, budget, m, log.Named("capture"), popts...)
 	}
-	src, err := factory(Deps{Config: cfg, Store: store, Metrics: m, Log: log})
-	if err != nil {
-		return err
+	var runtimes []*apply.Runtime
+	var sinks []apply.Sink
+	defer func() {
+		for _, s := range sinks {
+			_ = s.Close()
+		}
+	}()
+	if runSinks {
+		for i := range cfg.Sinks {
+			sc := &cfg.Sinks[i]
+			slog := log.Named("sink").With(zap.String("sink", sc.Name))
+			factory, ok := SinkTypes[sc.Type]
+			if !ok {
+				return fmt.Errorf("sinks[%d].type %q is not known", i, sc.Type)
+			}
+			s, err := factory(ctx, SinkDeps{Config: cfg, Sink: sc, Log: slog})
+			if err != nil {
+				return err
+			}
+			sinks = append(sinks, s)
+			runtimes = append(runtimes, apply.New(apply.Config{
+				Sink: sc.Name, Group: sc.Group, TopicPrefix: cfg.Kafka.TopicPrefix, Tables: sc.Tables,
+				DLQTopic:     cfg.Kafka.TopicPrefix + ".dlq." + sc.Name,
+				BatchRecords: sc.BatchRecords, BatchBytes: int(sc.BatchBytes), Linger: sc.Linger,
+			}, s, apply.Deps{
+				Kafka:       []kgo.Opt{kgo.SeedBrokers(brokers...), kgo.ClientID(cfg.Kafka.ClientID + "-" + sc.Name)},
+				Shape:       shapeFunc(schemas),
+				EnsureTopic: topics.Ensure,
+				Metrics:     m,
+				Log:         slog,
+			}))
+		}
 	}
-	var popts []capture.Option
-	if o.OnAck != nil {
-		popts = append(popts, capture.WithAckHook(o.OnAck))
-	}
-	p := capture.New(cfg.Name, src, cl, topics, budget, m, log.Named("capture"), popts...)
 
-	ready := func() error { return p.Ready(2 * time.Minute) }
+	ready := func() error {
+		if p != nil {
+			return p.Ready(2 * time.Minute)
+		}
+		return nil
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	httpAddr := ""
@@ -150,20 +220,31 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) er
 		httpAddr = srv.Addr()
 		g.Go(func() error { return srv.Serve(gctx) })
 	}
-	log.Info("tideline starting", zap.String("name", cfg.Name), zap.String("version", Version),
-		zap.String("source", cfg.Source.Type), zap.Stringer("dsn", cfg.Source.DSN),
+	log.Info("tideline starting", zap.String("name", cfg.Name), zap.String("version", Version), zap.String("role", role),
+		zap.String("source", cfg.Source.Type), zap.Stringer("dsn", cfg.Source.DSN), zap.Int("sinks", len(runtimes)),
 		zap.Strings("brokers", brokers), zap.String("http", httpAddr))
 	if o.Started != nil {
 		o.Started(httpAddr, brokers)
 	}
-	g.Go(func() error {
-		err := p.Run(gctx)
-		if err == nil && ctx.Err() == nil {
-			err = errors.New("pipeline stopped")
-		}
-		// Stop the HTTP server with the pipeline.
-		return errStop{err}
-	})
+	if p != nil {
+		g.Go(func() error {
+			err := p.Run(gctx)
+			if err == nil && ctx.Err() == nil {
+				err = errors.New("pipeline stopped")
+			}
+			// Stop the HTTP server and the sinks with the pipeline.
+			return errStop{err}
+		})
+	}
+	for _, rt := range runtimes {
+		g.Go(func() error {
+			err := rt.Run(gctx)
+			if err == nil && ctx.Err() == nil {
+				err = errors.New("sink stopped")
+			}
+			return errStop{err}
+		})
+	}
 	err = g.Wait()
 	var es errStop
 	if errors.As(err, &es) {
@@ -174,6 +255,17 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) er
 	}
 	log.Info("tideline stopped")
 	return nil
+}
+
+// shapeFunc reads shapes from the schemas topic for the sinks.
+func shapeFunc(s *kafka.Schemas) apply.ShapeFunc {
+	return func(ctx context.Context, id []byte) (*change.Table, error) {
+		t, err := s.Table(ctx, id)
+		if errors.Is(err, kafka.ErrUnknownSchema) {
+			return nil, fmt.Errorf("%w: %v", apply.ErrUnknownShape, err)
+		}
+		return t, err
+	}
 }
 
 // errStop carries the pipeline's result through errgroup, so that its end

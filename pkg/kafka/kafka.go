@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tideline-cdc/tideline/pkg/change"
+	"github.com/tideline-cdc/tideline/pkg/codec"
 	"github.com/tideline-cdc/tideline/pkg/config"
 )
 
@@ -166,6 +167,8 @@ func Produce(ctx context.Context, cl *kgo.Client, b *change.Batch, ack func(erro
 		return
 	}
 	recs := make([]kgo.Record, len(b.Records))
+	// One header slice for the batch: each record gets its own window.
+	hdrs := make([]kgo.RecordHeader, 0, 2*len(b.Records))
 	promise := func(r *kgo.Record, err error) {
 		if err != nil {
 			hint := ""
@@ -179,6 +182,11 @@ func Produce(ctx context.Context, cl *kgo.Client, b *change.Batch, ack func(erro
 	for i := range b.Records {
 		r := &b.Records[i]
 		recs[i] = kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value}
+		if r.Value != nil {
+			n := len(hdrs)
+			hdrs = append(hdrs, kgo.RecordHeader{Key: codec.OrderHeader, Value: r.Order}, kgo.RecordHeader{Key: codec.SchemaHeader, Value: r.Schema})
+			recs[i].Headers = hdrs[n : n+2 : n+2]
+		}
 		cl.Produce(ctx, &recs[i], promise)
 	}
 }

@@ -51,46 +51,57 @@ func (s *Store) Load(ctx context.Context, key string) ([]byte, error) {
 	if err := s.ensure(ctx); err != nil {
 		return nil, err
 	}
-	adm := kadm.NewClient(s.cl)
-	ends, err := adm.ListEndOffsets(ctx, s.topic)
+	var val []byte
+	err := readAll(ctx, s.cl, s.topic, func(r *kgo.Record) {
+		if string(r.Key) == key {
+			val = r.Value
+		}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("load %s from %s: %w", key, s.topic, err)
 	}
-	end, ok := ends.Lookup(s.topic, 0)
+	return val, nil
+}
+
+// readAll calls fn for every record of partition 0 of topic, from its
+// start to the end it has when readAll is called.
+func readAll(ctx context.Context, cl *kgo.Client, topic string, fn func(*kgo.Record)) error {
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+	if err != nil {
+		return err
+	}
+	end, ok := ends.Lookup(topic, 0)
 	if !ok || end.Err != nil {
-		return nil, fmt.Errorf("load %s from %s: no end offset (%v)", key, s.topic, end.Err)
+		return fmt.Errorf("no end offset (%v)", end.Err)
 	}
 	if end.Offset == 0 {
-		return nil, nil
+		return nil
 	}
 	cons, err := kgo.NewClient(
-		kgo.SeedBrokers(s.cl.OptValue(kgo.SeedBrokers).([]string)...),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{s.topic: {0: kgo.NewOffset().AtStart()}}),
+		kgo.SeedBrokers(cl.OptValue(kgo.SeedBrokers).([]string)...),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().AtStart()}}),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("load %s from %s: %w", key, s.topic, err)
+		return err
 	}
 	defer cons.Close()
-	var val []byte
 	for {
 		fs := cons.PollFetches(ctx)
 		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("load %s from %s: %w", key, s.topic, err)
+			return err
 		}
 		for _, fe := range fs.Errors() {
-			return nil, fmt.Errorf("load %s from %s: %w", key, s.topic, fe.Err)
+			return fe.Err
 		}
 		done := false
 		fs.EachRecord(func(r *kgo.Record) {
-			if string(r.Key) == key {
-				val = r.Value
-			}
+			fn(r)
 			if r.Offset >= end.Offset-1 {
 				done = true
 			}
 		})
 		if done {
-			return val, nil
+			return nil
 		}
 	}
 }

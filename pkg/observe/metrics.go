@@ -22,6 +22,14 @@ type Metrics struct {
 	Errors          *prometheus.CounterVec   // pipeline, component
 	SourceConnected *prometheus.GaugeVec     // pipeline
 	SnapshotRows    *prometheus.CounterVec   // pipeline, table
+
+	SinkRows          *prometheus.CounterVec   // sink, table, op
+	SinkBatches       *prometheus.CounterVec   // sink
+	SinkApply         *prometheus.HistogramVec // sink
+	SinkCommitToApply *prometheus.HistogramVec // sink
+	SinkLag           *prometheus.GaugeVec     // sink, table
+	SinkDLQ           *prometheus.CounterVec   // sink, table
+	SinkRetries       *prometheus.CounterVec   // sink
 }
 
 // NewMetrics registers the metrics (and the Go and process collectors) on a
@@ -75,6 +83,37 @@ func NewMetrics() *Metrics {
 			Help: "Rows read by the initial snapshot, by table.",
 		}, []string{"pipeline", "table"}),
 	}
+	m.SinkRows = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tideline_sink_rows_total",
+		Help: "Changes a sink applied to its target, by table and op (after folding per key: one per key and batch).",
+	}, []string{"sink", "table", "op"})
+	m.SinkBatches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tideline_sink_batches_total",
+		Help: "Batches a sink applied and committed.",
+	}, []string{"sink"})
+	m.SinkApply = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "tideline_sink_apply_seconds",
+		Help:    "Time to apply one table's part of a batch to the target, retries included.",
+		Buckets: latency,
+	}, []string{"sink"})
+	m.SinkCommitToApply = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "tideline_sink_commit_to_apply_seconds",
+		Help:    "Time from the source transaction's commit to the sink's commit of the change to its target.",
+		Buckets: latency,
+	}, []string{"sink"})
+	m.SinkLag = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tideline_sink_consumer_lag",
+		Help: "Records in a table's topic that the sink has not applied yet (high watermark minus the sink's position, summed over partitions).",
+	}, []string{"sink", "table"})
+	m.SinkDLQ = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tideline_sink_dlq_records_total",
+		Help: "Records a sink sent to its dead-letter topic because the target rejected them.",
+	}, []string{"sink", "table"})
+	m.SinkRetries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tideline_sink_retries_total",
+		Help: "Transient apply failures a sink retried (each is also logged).",
+	}, []string{"sink"})
+	r.MustRegister(m.SinkRows, m.SinkBatches, m.SinkApply, m.SinkCommitToApply, m.SinkLag, m.SinkDLQ, m.SinkRetries)
 	r.MustRegister(m.Events, m.SourceLagBytes, m.ConfirmedLSN, m.CheckpointTime, m.InFlightBytes,
 		m.PublishLatency, m.CommitToAck, m.Errors, m.SourceConnected, m.SnapshotRows)
 	return m

@@ -21,6 +21,13 @@ func TestMetricsLint(t *testing.T) {
 	m.Errors.WithLabelValues("p", "source").Inc()
 	m.SourceConnected.WithLabelValues("p").Set(1)
 	m.SnapshotRows.WithLabelValues("p", "public.t").Inc()
+	m.SinkRows.WithLabelValues("s", "public.t", "c").Inc()
+	m.SinkBatches.WithLabelValues("s").Inc()
+	m.SinkApply.WithLabelValues("s").Observe(1)
+	m.SinkCommitToApply.WithLabelValues("s").Observe(1)
+	m.SinkLag.WithLabelValues("s", "public.t").Set(1)
+	m.SinkDLQ.WithLabelValues("s", "public.t").Inc()
+	m.SinkRetries.WithLabelValues("s").Inc()
 	problems, err := promlint.NewWithMetricFamilies(mustGather(t, m)).Lint()
 	if err != nil {
 		t.Fatal(err)

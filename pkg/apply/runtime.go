@@ -1,0 +1,522 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/zap"
+
+	"github.com/tideline-cdc/tideline/pkg/change"
+	"github.com/tideline-cdc/tideline/pkg/observe"
+)
+
+// Config is what the runtime needs to run one sink.
+type Config struct {
+	// Sink names the sink (metrics, logs, the dead-letter topic).
+	Sink string
+	// Group is the Kafka consumer group (tideline-<name>-<sink>).
+	Group string
+	// TopicPrefix is the pipeline's topic prefix.
+	TopicPrefix string
+	// Tables are schema.table (db.table) patterns of the captured tables
+	// to apply; '*' matches within one part. Empty means all.
+	Tables []string
+	// DLQTopic receives the records the sink rejects.
+	DLQTopic string
+	// BatchRecords, BatchBytes and Linger bound a batch: it is applied
+	// when it holds BatchRecords records or BatchBytes bytes, or Linger
+	// after its first record.
+	BatchRecords int
+	BatchBytes   int
+	Linger       time.Duration
+}
+
+// Deps are the runtime's collaborators.
+type Deps struct {
+	// Client options to reach the brokers (kgo.SeedBrokers, …); the
+	// runtime adds its consumer-group options.
+	Kafka []kgo.Opt
+	// Shape resolves table shape fingerprints.
+	Shape ShapeFunc
+	// EnsureTopic creates a topic if missing (the dead-letter topic).
+	EnsureTopic func(ctx context.Context, topic string) error
+	Metrics     *observe.Metrics
+	Log         *zap.Logger
+}
+
+// Runtime consumes the change topics as a consumer-group member and applies
+// them to a Sink.
+type Runtime struct {
+	cfg  Config
+	sink Sink
+	d    Deps
+	log  *zap.Logger
+
+	batches, retries prometheus.Counter
+	applyLat, e2e    prometheus.Observer
+
+	// hw and pos are each partition's high watermark and the next offset
+	// to apply, for the lag gauge.
+	hw, pos map[string]map[int32]int64
+	tables  map[string]string // topic -> table label
+}
+
+// New returns a runtime for sink.
+func New(cfg Config, sink Sink, d Deps) *Runtime {
+	return &Runtime{cfg: cfg, sink: sink, d: d, log: d.Log,
+		batches:  d.Metrics.SinkBatches.WithLabelValues(cfg.Sink),
+		retries:  d.Metrics.SinkRetries.WithLabelValues(cfg.Sink),
+		applyLat: d.Metrics.SinkApply.WithLabelValues(cfg.Sink),
+		e2e:      d.Metrics.SinkCommitToApply.WithLabelValues(cfg.Sink),
+		hw:       map[string]map[int32]int64{}, pos: map[string]map[int32]int64{}, tables: map[string]string{},
+	}
+}
+
+// TopicRegexes returns the regular expressions of the change topics that
+// match the table patterns (all change topics when there are none).
+func TopicRegexes(prefix string, tables []string) []string {
+	if len(tables) == 0 {
+		tables = []string{"*.*"}
+	}
+	var out []string
+	for _, t := range tables {
+		db, tab, _ := strings.Cut(t, ".")
+		part := func(p string) string {
+			return strings.ReplaceAll(regexp.QuoteMeta(p), `\*`, `[^.]*`)
+		}
+		out = append(out, "^"+regexp.QuoteMeta(prefix)+`\.`+part(db)+`\.`+part(tab)+"$")
+	}
+	return out
+}
+
+// Run consumes and applies until ctx is done or a fatal error. Offsets are
+// committed only after the records up to them were applied (or sent to the
+// dead-letter topic); a crash at any point replays from the last commit,
+// which the sink's position guard makes harmless.
+func (r *Runtime) Run(ctx context.Context) error {
+	prefix := regexp.QuoteMeta(r.cfg.TopicPrefix)
+	opts := append([]kgo.Opt{}, r.d.Kafka...)
+	opts = append(opts,
+		kgo.ConsumerGroup(r.cfg.Group),
+		kgo.ConsumeRegex(),
+		kgo.ConsumeTopics(TopicRegexes(r.cfg.TopicPrefix, r.cfg.Tables)...),
+		// The pipeline's own topics share the prefix.
+		kgo.ConsumeExcludeTopics("^"+prefix+`\.(offsets|schemas)$`, "^"+prefix+`\.dlq\..*$`),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.DisableAutoCommit(),
+		// No rebalance between a poll and the commit of what it
+		// returned: a revoked partition is never committed for, and
+		// never applied twice at once by two members.
+		kgo.BlockRebalanceOnPoll(),
+		kgo.FetchMaxBytes(int32(max(r.cfg.BatchBytes, 1<<20))),
+		// A broker holds an empty fetch this long; short, so a poll that
+		// gave up (the linger passed) is not followed by a stale wait.
+		kgo.FetchMaxWait(time.Second),
+		// A killed member's partitions move after this long.
+		kgo.SessionTimeout(10*time.Second), kgo.HeartbeatInterval(time.Second),
+		// New tables make new topics: look for them often.
+		kgo.MetadataMinAge(time.Second), kgo.MetadataMaxAge(10*time.Second),
+	)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return fmt.Errorf("sink %s: kafka client: %w", r.cfg.Sink, err)
+	}
+	// With BlockRebalanceOnPoll, leaving the group waits for
+	// AllowRebalance: allow it, then leave and close.
+	defer cl.CloseAllowingRebalance()
+	if err := r.d.EnsureTopic(ctx, r.cfg.DLQTopic); err != nil {
+		return fmt.Errorf("sink %s: dead-letter topic: %w", r.cfg.Sink, err)
+	}
+	r.log.Info("sink started", zap.String("group", r.cfg.Group), zap.Strings("tables", r.cfg.Tables), zap.String("dlq", r.cfg.DLQTopic))
+	for {
+		recs, err := r.poll(ctx, cl)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if len(recs) > 0 {
+			if err := r.handle(ctx, cl, recs); err != nil {
+				if ctx.Err() != nil {
+					return nil // not committed: replayed on the next start
+				}
+				return err
+			}
+			if err := r.commit(ctx, cl, recs); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			r.batches.Inc()
+		}
+		cl.AllowRebalance()
+		r.updateLag()
+	}
+}
+
+// poll gathers one batch: it waits for a first record, then keeps polling
+// until the batch is full or Linger has passed since that first record.
+func (r *Runtime) poll(ctx context.Context, cl *kgo.Client) ([]*kgo.Record, error) {
+	var recs []*kgo.Record
+	size := 0
+	var deadline time.Time
+	for {
+		pctx := ctx
+		var cancel context.CancelFunc = func() {}
+		if !deadline.IsZero() {
+			pctx, cancel = context.WithDeadline(ctx, deadline)
+		} else {
+			// Wake now and then so lag and rebalances are looked after.
+			pctx, cancel = context.WithTimeout(ctx, time.Second)
+		}
+		fs := cl.PollRecords(pctx, r.cfg.BatchRecords-len(recs))
+		cancel()
+		if fs.IsClientClosed() || ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		fs.EachError(func(topic string, p int32, err error) {
+			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+				r.log.Warn("fetch failed; retrying", zap.String("topic", topic), zap.Int32("partition", p), zap.Error(err))
+			}
+		})
+		fs.EachPartition(func(p kgo.FetchTopicPartition) {
+			if p.HighWatermark > 0 {
+				r.mark(r.hw, p.Topic, p.Partition, p.HighWatermark)
+			}
+		})
+		n := len(recs)
+		fs.EachRecord(func(rec *kgo.Record) {
+			recs = append(recs, rec)
+			size += len(rec.Key) + len(rec.Value)
+		})
+		if len(recs) > 0 && deadline.IsZero() {
+			deadline = time.Now().Add(r.cfg.Linger)
+		}
+		if len(recs) == 0 {
+			return nil, nil
+		}
+		if len(recs) >= r.cfg.BatchRecords || size >= r.cfg.BatchBytes || !time.Now().Before(deadline) || len(recs) == n {
+			return recs, nil
+		}
+	}
+}
+
+func (r *Runtime) mark(m map[string]map[int32]int64, topic string, p int32, v int64) {
+	pm := m[topic]
+	if pm == nil {
+		pm = map[int32]int64{}
+		m[topic] = pm
+	}
+	pm[p] = v
+}
+
+func (r *Runtime) updateLag() {
+	for topic, parts := range r.hw {
+		var lag int64
+		for p, hw := range parts {
+			pos, ok := r.pos[topic][p]
+			if !ok {
+				pos = 0
+			}
+			lag += max(hw-pos, 0)
+		}
+		if label, ok := r.tables[topic]; ok {
+			r.d.Metrics.SinkLag.WithLabelValues(r.cfg.Sink, label).Set(float64(lag))
+		}
+	}
+}
+
+// rejected is a record bound for the dead-letter topic.
+type rejected struct {
+	rec *kgo.Record
+	err error
+}
+
+// handle decodes, folds and applies one batch, topic by topic; the records
+// a sink rejects are written to the dead-letter topic before it returns.
+func (r *Runtime) handle(ctx context.Context, cl *kgo.Client, recs []*kgo.Record) error {
+	folders := map[string]*folder{}
+	var topics []string
+	var dead []rejected
+	for _, rec := range recs {
+		ev, err := r.decodeRetrying(ctx, rec)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			dead = append(dead, rejected{rec, err})
+			continue
+		}
+		if ev == nil {
+			continue // a tombstone: the delete before it did the work
+		}
+		f := folders[rec.Topic]
+		if f == nil {
+			f = newFolder(rec.Topic)
+			folders[rec.Topic] = f
+			topics = append(topics, rec.Topic)
+		}
+		f.add(ev)
+	}
+	for _, topic := range topics {
+		f := folders[topic]
+		tb := f.batch()
+		label := tableLabel(tb.Table)
+		r.tables[topic] = label
+		start := time.Now()
+		rej, err := r.applyTable(ctx, tb)
+		if err != nil {
+			return err
+		}
+		r.applyLat.Observe(time.Since(start).Seconds())
+		if f.minTs > 0 {
+			r.e2e.Observe(float64(time.Now().UnixMilli()-f.minTs) / 1000)
+		}
+		dropped := map[*kgo.Record]bool{}
+		for _, x := range rej {
+			dropped[x.rec] = true
+		}
+		counts := map[change.Op]int{}
+		for i := range tb.Rows {
+			if !dropped[tb.Rows[i].Records[0]] {
+				counts[tb.Rows[i].Op]++
+			}
+		}
+		for op, n := range counts {
+			r.d.Metrics.SinkRows.WithLabelValues(r.cfg.Sink, label, op.String()).Add(float64(n))
+		}
+		if tb.Truncate != nil {
+			r.d.Metrics.SinkRows.WithLabelValues(r.cfg.Sink, label, change.OpTruncate.String()).Inc()
+		}
+		dead = append(dead, rej...)
+	}
+	if len(dead) > 0 {
+		return r.deadLetter(ctx, cl, dead)
+	}
+	return nil
+}
+
+// decodeRetrying decodes rec; a shape it cannot read yet (the schemas
+// topic unreachable) is retried, a record it cannot read at all is
+// returned as an error for the dead-letter topic.
+func (r *Runtime) decodeRetrying(ctx context.Context, rec *kgo.Record) (*event, error) {
+	bo := newBackoff()
+	for {
+		ev, err := decode(ctx, rec, r.d.Shape)
+		if err == nil || errors.Is(err, errPoison) || errors.Is(err, ErrUnknownShape) {
+			return ev, err
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		r.retries.Inc()
+		wait := bo.NextBackOff()
+		r.log.Warn("reading a table shape failed; retrying", zap.String("topic", rec.Topic), zap.Error(err), zap.Duration("retry_in", wait))
+		if err := sleep(ctx, wait); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// ErrUnknownShape is what a ShapeFunc's error wraps when the fingerprint is
+// not in the schemas topic: the record goes to the dead-letter topic.
+var ErrUnknownShape = errors.New("unknown table shape")
+
+func tableLabel(t *change.Table) string {
+	if t.Schema != "" {
+		return t.Schema + "." + t.Name
+	}
+	return t.Database + "." + t.Name
+}
+
+func newBackoff() *backoff.ExponentialBackOff {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 200 * time.Millisecond
+	bo.MaxInterval = 30 * time.Second
+	return bo
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// applyTable applies tb, retrying transient failures without limit and
+// isolating the rows a permanent failure is about; it returns the records
+// of the rows the sink rejected.
+func (r *Runtime) applyTable(ctx context.Context, tb *TableBatch) ([]rejected, error) {
+	if len(tb.Rows) == 0 && tb.Truncate == nil {
+		return nil, nil
+	}
+	bo := newBackoff()
+	var out []rejected
+	for {
+		err := r.sink.Apply(ctx, tb)
+		if err == nil {
+			return out, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		var rowErr *RowError
+		var all *RejectError
+		switch {
+		case errors.As(err, &all):
+			for _, row := range tb.Rows {
+				out = append(out, rejectRow(row, err)...)
+			}
+			return out, nil
+		case errors.As(err, &rowErr) && rowErr.Index >= 0 && rowErr.Index < len(tb.Rows):
+			out = append(out, rejectRow(tb.Rows[rowErr.Index], err)...)
+			rest := *tb
+			rest.Rows = append(append([]Row(nil), tb.Rows[:rowErr.Index]...), tb.Rows[rowErr.Index+1:]...)
+			tb = &rest
+			if len(tb.Rows) == 0 && tb.Truncate == nil {
+				return out, nil
+			}
+		case IsPermanent(err):
+			if len(tb.Rows) <= 1 {
+				if tb.Truncate != nil && len(tb.Rows) == 0 {
+					return nil, fmt.Errorf("sink %s: truncate of %s: %w", r.cfg.Sink, tb.Topic, err)
+				}
+				for _, row := range tb.Rows {
+					out = append(out, rejectRow(row, err)...)
+				}
+				if tb.Truncate == nil {
+					return out, nil
+				}
+				rest := *tb
+				rest.Rows = nil
+				tb = &rest
+				continue
+			}
+			// Split to find the rows at fault; the halves are applied in
+			// turn (the truncate with the first).
+			half := len(tb.Rows) / 2
+			a, b := *tb, *tb
+			a.Rows, b.Rows, b.Truncate = tb.Rows[:half], tb.Rows[half:], nil
+			ra, err := r.applyTable(ctx, &a)
+			if err != nil {
+				return nil, err
+			}
+			rb, err := r.applyTable(ctx, &b)
+			if err != nil {
+				return nil, err
+			}
+			return append(append(out, ra...), rb...), nil
+		default:
+			r.retries.Inc()
+			wait := bo.NextBackOff()
+			r.log.Warn("apply failed; retrying", zap.String("topic", tb.Topic), zap.Int("rows", len(tb.Rows)),
+				zap.Error(err), zap.Duration("retry_in", wait))
+			if err := sleep(ctx, wait); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+func rejectRow(row Row, err error) []rejected {
+	out := make([]rejected, 0, len(row.Records))
+	for _, rec := range row.Records {
+		out = append(out, rejected{rec, err})
+	}
+	return out
+}
+
+// Dead-letter headers: the original record's headers come first.
+const (
+	HeaderError     = "tideline.error"
+	HeaderTopic     = "tideline.error.topic"
+	HeaderPartition = "tideline.error.partition"
+	HeaderOffset    = "tideline.error.offset"
+	HeaderSink      = "tideline.error.sink"
+)
+
+// deadLetter writes the rejected records to the dead-letter topic and
+// waits for Kafka's acknowledgement, retrying without limit: their offsets
+// are committed only once they are there.
+func (r *Runtime) deadLetter(ctx context.Context, cl *kgo.Client, dead []rejected) error {
+	recs := make([]*kgo.Record, 0, len(dead))
+	for _, d := range dead {
+		label, ok := r.tables[d.rec.Topic]
+		if !ok {
+			label = strings.TrimPrefix(d.rec.Topic, r.cfg.TopicPrefix+".")
+		}
+		r.d.Metrics.SinkDLQ.WithLabelValues(r.cfg.Sink, label).Inc()
+		h := append([]kgo.RecordHeader(nil), d.rec.Headers...)
+		h = append(h,
+			kgo.RecordHeader{Key: HeaderError, Value: []byte(d.err.Error())},
+			kgo.RecordHeader{Key: HeaderTopic, Value: []byte(d.rec.Topic)},
+			kgo.RecordHeader{Key: HeaderPartition, Value: []byte(strconv.Itoa(int(d.rec.Partition)))},
+			kgo.RecordHeader{Key: HeaderOffset, Value: []byte(strconv.FormatInt(d.rec.Offset, 10))},
+			kgo.RecordHeader{Key: HeaderSink, Value: []byte(r.cfg.Sink)},
+		)
+		recs = append(recs, &kgo.Record{Topic: r.cfg.DLQTopic, Key: d.rec.Key, Value: d.rec.Value, Headers: h})
+		r.log.Warn("record sent to the dead-letter topic", zap.String("topic", d.rec.Topic),
+			zap.Int32("partition", d.rec.Partition), zap.Int64("offset", d.rec.Offset), zap.Error(d.err))
+	}
+	bo := newBackoff()
+	for {
+		err := cl.ProduceSync(ctx, recs...).FirstErr()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.retries.Inc()
+		wait := bo.NextBackOff()
+		r.log.Warn("writing to the dead-letter topic failed; retrying", zap.String("topic", r.cfg.DLQTopic), zap.Error(err), zap.Duration("retry_in", wait))
+		if err := sleep(ctx, wait); err != nil {
+			return err
+		}
+	}
+}
+
+// commit commits the offsets after recs, retrying transient failures. A
+// commit the group refuses (this member was fenced after a rebalance)
+// is not retried: the new owner replays those records, harmlessly.
+func (r *Runtime) commit(ctx context.Context, cl *kgo.Client, recs []*kgo.Record) error {
+	bo := newBackoff()
+	start := time.Now()
+	for {
+		err := cl.CommitRecords(ctx, recs...)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.retries.Inc()
+		wait := bo.NextBackOff()
+		r.log.Warn("offset commit failed; retrying", zap.Error(err), zap.Duration("retry_in", wait))
+		if time.Since(start) > time.Minute {
+			r.log.Warn("offset commit keeps failing; the records will be applied again (harmlessly) after the next rebalance", zap.Error(err))
+			return nil
+		}
+		if err := sleep(ctx, wait); err != nil {
+			return err
+		}
+	}
+	for _, rec := range recs {
+		r.mark(r.pos, rec.Topic, rec.Partition, rec.Offset+1)
+	}
+	return nil
+}

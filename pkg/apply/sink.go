@@ -1,0 +1,120 @@
+// Package apply is the sink runtime: it reads the change topics as a Kafka
+// consumer group, decodes and folds the changes per key, hands them to a
+// Sink table by table, sends records a sink rejects to a dead-letter topic,
+// and commits the Kafka offsets only after the records were applied.
+package apply
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/tideline-cdc/tideline/pkg/change"
+)
+
+// Sink writes folded changes to a target. The runtime calls its methods
+// from one goroutine at a time.
+type Sink interface {
+	// Apply writes one table's folded changes so that afterwards the
+	// target row of every key reflects its newest change, and it must be
+	// idempotent: applying a batch again, or an older batch after a newer
+	// one (a replay after a crash), changes nothing. Rows carry their
+	// Order for that guard.
+	//
+	// A returned error is transient (retried with backoff, without limit)
+	// unless it is marked Permanent (the runtime then splits the batch to
+	// find the rows at fault and sends them to the dead-letter topic) or
+	// is a *RowError (that row goes to the dead-letter topic at once and
+	// the rest is retried). On cancellation Apply returns ctx.Err().
+	Apply(ctx context.Context, b *TableBatch) error
+
+	// Close releases the sink's connections. It is called once, after the
+	// last Apply.
+	Close() error
+}
+
+// TableBatch is the changes of one table since the last batch, folded per
+// key: one Row per key, holding the key's newest change.
+type TableBatch struct {
+	// Table is the newest shape seen in the batch. Its Columns are the
+	// union of every shape's columns: the newest shape's, then columns
+	// that only older shapes had (dropped at the source), so Row values
+	// can be aligned with them.
+	Table *change.Table
+	// Topic is the Kafka topic the changes came from.
+	Topic string
+	// Truncate, when set, is the Order of a truncate of the table: every
+	// target row older than it is removed (or marked deleted) before Rows
+	// are applied. Rows holds only changes newer than it.
+	Truncate []byte
+	Rows     []Row
+}
+
+// Row is the newest change of one key.
+type Row struct {
+	// Op is OpCreate, OpUpdate, OpRead or OpDelete.
+	Op change.Op
+	// Key is the Kafka record key: the key columns as a JSON object. It
+	// identifies the row in tombstone bookkeeping.
+	Key []byte
+	// Order is the change's position token (codec.Order): bytewise
+	// greater means newer.
+	Order []byte
+	// Values are aligned with TableBatch.Table.Columns: the after image,
+	// or the before image for a delete (at least the key columns). A nil
+	// entry means absent: the change did not carry the column (an
+	// unchanged TOASTed value, or a column its shape did not have), and
+	// the target keeps what it has. JSON null is SQL NULL.
+	Values []json.RawMessage
+	// Records are the Kafka records folded into this row, oldest first:
+	// what goes to the dead-letter topic if the row is rejected.
+	Records []*kgo.Record
+}
+
+// Permanent marks err as an error that retrying cannot fix (the target
+// rejects a value): the runtime isolates the rows at fault instead of
+// retrying.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return permanentError{err}
+}
+
+type permanentError struct{ err error }
+
+func (p permanentError) Error() string { return p.err.Error() }
+func (p permanentError) Unwrap() error { return p.err }
+
+// IsPermanent reports whether err is marked Permanent, Reject or is a
+// RowError.
+func IsPermanent(err error) bool {
+	var p permanentError
+	var r *RowError
+	var a *RejectError
+	return errors.As(err, &p) || errors.As(err, &r) || errors.As(err, &a)
+}
+
+// Reject marks err as the reason every row of the batch is rejected (a
+// table the sink cannot write at all): all of them go to the dead-letter
+// topic.
+func Reject(err error) error { return &RejectError{Err: err} }
+
+// RejectError is what Reject returns.
+type RejectError struct{ Err error }
+
+func (e *RejectError) Error() string { return e.Err.Error() }
+func (e *RejectError) Unwrap() error { return e.Err }
+
+// RowError says that one row of a batch cannot be written (e.g. a value the
+// target's column type rejects).
+type RowError struct {
+	Index int // into TableBatch.Rows
+	Err   error
+}
+
+func (e *RowError) Error() string { return fmt.Sprintf("row %d: %v", e.Index, e.Err) }
+func (e *RowError) Unwrap() error { return e.Err }

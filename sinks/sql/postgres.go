@@ -1,0 +1,484 @@
+package sqlsink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/tideline-cdc/tideline/pkg/apply"
+	"github.com/tideline-cdc/tideline/pkg/change"
+	"github.com/tideline-cdc/tideline/pkg/config"
+)
+
+// Postgres writes to PostgreSQL: rows are copied (COPY) into a temporary
+// staging table, then merged with INSERT … ON CONFLICT DO UPDATE guarded
+// by _tideline_position, in one transaction per batch.
+type Postgres struct {
+	cfg    Config
+	pool   *pgxpool.Pool
+	log    *zap.Logger
+	tables map[target]*pgTable
+}
+
+var _ apply.Sink = (*Postgres)(nil)
+
+// pgTable is what the sink knows of a target table: its columns and their
+// types (information_schema's data_type).
+type pgTable struct {
+	cols map[string]string
+}
+
+// NewPostgres connects to cfg.DSN. The pool reconnects by itself, so a
+// restarted server only costs retries.
+func NewPostgres(ctx context.Context, cfg Config, log *zap.Logger) (*Postgres, error) {
+	pc, err := pgxpool.ParseConfig(cfg.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("sink %s: dsn %s: %w", cfg.Name, config.Redact(cfg.DSN), err)
+	}
+	pc.MaxConns = 2
+	pc.ConnConfig.RuntimeParams["application_name"] = "tideline-sink-" + cfg.Name
+	pc.ConnConfig.RuntimeParams["TimeZone"] = "UTC"
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("sink %s: %w", cfg.Name, err)
+	}
+	if cfg.TableFormat == "" {
+		cfg.TableFormat = DefaultTableFormat("postgres")
+	}
+	return &Postgres{cfg: cfg, pool: pool, log: log, tables: map[target]*pgTable{}}, nil
+}
+
+// Close implements apply.Sink.
+func (p *Postgres) Close() error {
+	p.pool.Close()
+	return nil
+}
+
+func pgIdent(s string) string { return pgx.Identifier{s}.Sanitize() }
+
+func (t target) pg() string {
+	if t.schema == "" {
+		return pgIdent(t.name)
+	}
+	return pgIdent(t.schema) + "." + pgIdent(t.name)
+}
+
+func (t target) pgTombstones() string {
+	if t.schema == "" {
+		return pgIdent(tombstones)
+	}
+	return pgIdent(t.schema) + "." + pgIdent(tombstones)
+}
+
+// pgType maps a column to its PostgreSQL type (docs/sinks.md).
+func pgType(c change.Column) string {
+	switch c.Logical {
+	case change.Int16:
+		return "smallint"
+	case change.Int32:
+		return "integer"
+	case change.Int64:
+		return "bigint"
+	case change.Uint64:
+		return "numeric(20,0)"
+	case change.Decimal:
+		if p, s, ok := precision(c.Type); ok && p <= 1000 {
+			return fmt.Sprintf("numeric(%d,%d)", p, s)
+		}
+		return "numeric"
+	case change.Float32:
+		return "real"
+	case change.Float64:
+		return "double precision"
+	case change.Bool:
+		return "boolean"
+	case change.Bytes:
+		return "bytea"
+	case change.JSON, change.Array:
+		return "jsonb"
+	case change.UUID:
+		return "uuid"
+	case change.Date:
+		return "date"
+	case change.Time:
+		return "time(6)"
+	case change.Timestamp:
+		return "timestamp(6)"
+	case change.TimestampTZ:
+		return "timestamptz"
+	case change.TimeTZ:
+		return "timetz"
+	case change.Interval:
+		return "interval"
+	}
+	return "text"
+}
+
+// pgRank orders information_schema data types a column may be widened
+// through; 0 means not widenable.
+func pgRank(dataType string) int {
+	return map[string]int{"smallint": 1, "integer": 2, "bigint": 3, "numeric": 4, "real": 11, "double precision": 12}[dataType]
+}
+
+// pgDataType is information_schema's data_type of a type we create.
+func pgDataType(typ string) string {
+	if i := strings.IndexByte(typ, '('); i > 0 {
+		typ = typ[:i]
+	}
+	switch typ {
+	case "timestamp":
+		return "timestamp without time zone"
+	case "timestamptz":
+		return "timestamp with time zone"
+	case "time":
+		return "time without time zone"
+	case "timetz":
+		return "time with time zone"
+	}
+	return typ
+}
+
+// pgValue is the SQL expression that turns staged text s.<col> into the
+// column's type.
+func pgValue(c change.Column, staged string) string {
+	switch c.Logical {
+	case change.Bytes:
+		return "decode(" + staged + ", 'base64')"
+	}
+	return staged + "::" + pgType(c)
+}
+
+// ensure creates the target table, its tombstone table, and the columns it
+// lacks; it widens columns whose source type grew.
+func (p *Postgres) ensure(ctx context.Context, tg target, t *change.Table) (*pgTable, error) {
+	pt := p.tables[tg]
+	if pt != nil && pt.covers(t) {
+		return pt, nil
+	}
+	if pt == nil {
+		var b strings.Builder
+		if tg.schema != "" {
+			fmt.Fprintf(&b, "CREATE SCHEMA IF NOT EXISTS %s;\n", pgIdent(tg.schema))
+		}
+		fmt.Fprintf(&b, "CREATE TABLE IF NOT EXISTS %s (", tg.pg())
+		var keys []string
+		for _, c := range t.Columns {
+			fmt.Fprintf(&b, "%s %s, ", pgIdent(c.Name), pgType(c))
+			if c.Key {
+				keys = append(keys, pgIdent(c.Name))
+			}
+		}
+		fmt.Fprintf(&b, `%s text COLLATE "C" NOT NULL, %s char(1) NOT NULL, %s timestamptz NOT NULL`, colPosition, colOp, colAppliedAt)
+		if p.cfg.SoftDelete {
+			fmt.Fprintf(&b, ", %s boolean NOT NULL DEFAULT false", colDeleted)
+		}
+		fmt.Fprintf(&b, ", PRIMARY KEY (%s));\n", strings.Join(keys, ", "))
+		fmt.Fprintf(&b, `CREATE TABLE IF NOT EXISTS %s (table_name text NOT NULL, key text NOT NULL, position text COLLATE "C" NOT NULL, PRIMARY KEY (table_name, key))`, tg.pgTombstones())
+		if _, err := p.pool.Exec(ctx, b.String()); err != nil {
+			return nil, fmt.Errorf("create %s: %w", tg.pg(), classifyPG(err))
+		}
+	}
+	cols, err := p.columns(ctx, tg)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range t.Columns {
+		want := pgType(c)
+		have, ok := cols[c.Name]
+		switch {
+		case !ok:
+			if _, err := p.pool.Exec(ctx, fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s", tg.pg(), pgIdent(c.Name), want)); err != nil {
+				return nil, fmt.Errorf("add column %s to %s: %w", c.Name, tg.pg(), classifyPG(err))
+			}
+			p.log.Info("target column added", zap.String("table", tg.pg()), zap.String("column", c.Name), zap.String("type", want))
+		case pgRank(have) > 0 && pgRank(pgDataType(want)) > pgRank(have) && pgRank(pgDataType(want))/10 == pgRank(have)/10:
+			if _, err := p.pool.Exec(ctx, fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s TYPE %s", tg.pg(), pgIdent(c.Name), want)); err != nil {
+				return nil, fmt.Errorf("widen column %s of %s to %s: %w", c.Name, tg.pg(), want, classifyPG(err))
+			}
+			p.log.Info("target column widened", zap.String("table", tg.pg()), zap.String("column", c.Name), zap.String("from", have), zap.String("to", want))
+		}
+	}
+	if cols, err = p.columns(ctx, tg); err != nil {
+		return nil, err
+	}
+	pt = &pgTable{cols: cols}
+	p.tables[tg] = pt
+	return pt, nil
+}
+
+// covers reports whether the target has every column of t with a type at
+// least as wide.
+func (pt *pgTable) covers(t *change.Table) bool {
+	for _, c := range t.Columns {
+		have, ok := pt.cols[c.Name]
+		if !ok {
+			return false
+		}
+		if r := pgRank(pgDataType(pgType(c))); r > 0 && r > pgRank(have) && r/10 == pgRank(have)/10 {
+			return false
+		}
+	}
+	return true
+}
+
+func (p *Postgres) columns(ctx context.Context, tg target) (map[string]string, error) {
+	schema := tg.schema
+	q := `SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2`
+	if schema == "" {
+		q = `SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $2 AND $1 = ''`
+	}
+	rows, err := p.pool.Query(ctx, q, schema, tg.name)
+	if err != nil {
+		return nil, fmt.Errorf("read the columns of %s: %w", tg.pg(), classifyPG(err))
+	}
+	cols := map[string]string{}
+	for rows.Next() {
+		var n, t string
+		if err := rows.Scan(&n, &t); err != nil {
+			return nil, err
+		}
+		cols[n] = t
+	}
+	return cols, rows.Err()
+}
+
+// Apply implements apply.Sink.
+func (p *Postgres) Apply(ctx context.Context, b *apply.TableBatch) error {
+	if !b.Table.HasKey {
+		return apply.Reject(errNoKey)
+	}
+	tg, err := resolveTarget(p.cfg.TableFormat, b.Table)
+	if err != nil {
+		return apply.Reject(err)
+	}
+	if _, err := p.ensure(ctx, tg, b.Table); err != nil {
+		return err
+	}
+	// Render every value first: a value the column cannot hold is that
+	// row's fault, found before anything is written.
+	staged := make([][]any, len(b.Rows))
+	st := textStyle{zone: true}
+	for i := range b.Rows {
+		r := &b.Rows[i]
+		vals := make([]any, 0, len(r.Values)+3)
+		vals = append(vals, string(r.Key), string(r.Order), string(r.Op))
+		for j, v := range r.Values {
+			if v == nil || isUnavailable(v) {
+				continue
+			}
+			s, null, err := textValue(v, b.Table.Columns[j].Logical, st)
+			if err != nil {
+				return &apply.RowError{Index: i, Err: fmt.Errorf("column %s: %w", b.Table.Columns[j].Name, err)}
+			}
+			if null {
+				vals = append(vals, nil)
+			} else {
+				vals = append(vals, s)
+			}
+		}
+		staged[i] = vals
+	}
+
+	tx, err := p.pool.Begin(ctx)
+	if err != nil {
+		return classifyPG(err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after Commit it is a no-op
+	keep, err := p.unburied(ctx, tx, tg, b)
+	if err != nil {
+		return err
+	}
+	if b.Truncate != nil {
+		if err := p.truncate(ctx, tx, tg, b.Truncate); err != nil {
+			return err
+		}
+	}
+	for _, group := range groupByPresence(b.Rows) {
+		var idx []int
+		for _, i := range group {
+			if keep[i] {
+				idx = append(idx, i)
+			}
+		}
+		if len(idx) == 0 {
+			continue
+		}
+		if err := p.applyGroup(ctx, tx, tg, b, idx, staged); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return classifyPG(err)
+	}
+	return nil
+}
+
+// unburied returns which rows are newer than their key's tombstone and
+// the table's last truncate: older ones were deleted after they happened.
+func (p *Postgres) unburied(ctx context.Context, tx pgx.Tx, tg target, b *apply.TableBatch) ([]bool, error) {
+	keys := make([]string, 0, len(b.Rows)+1)
+	for i := range b.Rows {
+		keys = append(keys, string(b.Rows[i].Key))
+	}
+	keys = append(keys, truncateKey)
+	rows, err := tx.Query(ctx, fmt.Sprintf("SELECT key, position FROM %s WHERE table_name = $1 AND key = ANY($2)", tg.pgTombstones()), tg.name, keys)
+	if err != nil {
+		return nil, classifyPG(err)
+	}
+	buried := map[string]string{}
+	for rows.Next() {
+		var k, pos string
+		if err := rows.Scan(&k, &pos); err != nil {
+			return nil, classifyPG(err)
+		}
+		buried[k] = pos
+	}
+	if err := rows.Err(); err != nil {
+		return nil, classifyPG(err)
+	}
+	return filterBuried(b, buried), nil
+}
+
+// filterBuried keeps the rows newer than their key's tombstone and the
+// truncate tombstone.
+func filterBuried(b *apply.TableBatch, buried map[string]string) []bool {
+	keep := make([]bool, len(b.Rows))
+	trunc, hasTrunc := buried[truncateKey]
+	for i := range b.Rows {
+		r := &b.Rows[i]
+		keep[i] = true
+		if pos, ok := buried[string(r.Key)]; ok && !newer(r.Order, []byte(pos)) {
+			keep[i] = false
+		}
+		if hasTrunc && !newer(r.Order, []byte(trunc)) {
+			keep[i] = false
+		}
+	}
+	return keep
+}
+
+func (p *Postgres) truncate(ctx context.Context, tx pgx.Tx, tg target, order []byte) error {
+	q := fmt.Sprintf("DELETE FROM %s WHERE %s < $1", tg.pg(), colPosition)
+	if p.cfg.SoftDelete {
+		q = fmt.Sprintf("UPDATE %s SET %s = true, %s = 't', %s = $1, %s = now() WHERE %s < $1",
+			tg.pg(), colDeleted, colOp, colPosition, colAppliedAt, colPosition)
+	}
+	if _, err := tx.Exec(ctx, q, string(order)); err != nil {
+		return classifyPG(err)
+	}
+	_, err := tx.Exec(ctx, fmt.Sprintf(`INSERT INTO %[1]s (table_name, key, position) VALUES ($1, $2, $3)
+		ON CONFLICT (table_name, key) DO UPDATE SET position = EXCLUDED.position WHERE %[1]s.position < EXCLUDED.position`, tg.pgTombstones()),
+		tg.name, truncateKey, string(order))
+	return classifyPG(err)
+}
+
+// applyGroup stages rows idx (which carry the same columns) and merges
+// them: deletes, then upserts.
+func (p *Postgres) applyGroup(ctx context.Context, tx pgx.Tx, tg target, b *apply.TableBatch, idx []int, staged [][]any) error {
+	pres := present(&b.Rows[idx[0]])
+	cols := []string{"_k", "_pos", "_op"}
+	var tcols []change.Column
+	for j, c := range b.Table.Columns {
+		if pres[j] {
+			cols = append(cols, fmt.Sprintf("c%d", j))
+			tcols = append(tcols, c)
+		}
+	}
+	var ddl strings.Builder
+	ddl.WriteString(`DROP TABLE IF EXISTS pg_temp._tl_stage; CREATE TEMP TABLE _tl_stage (`)
+	for i, c := range cols {
+		if i > 0 {
+			ddl.WriteString(", ")
+		}
+		fmt.Fprintf(&ddl, "%s text", c)
+	}
+	ddl.WriteString(") ON COMMIT DROP")
+	if _, err := tx.Exec(ctx, ddl.String()); err != nil {
+		return classifyPG(err)
+	}
+	src := make([][]any, len(idx))
+	for n, i := range idx {
+		src[n] = staged[i]
+	}
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"_tl_stage"}, cols, pgx.CopyFromRows(src)); err != nil {
+		return classifyPG(err)
+	}
+
+	var keyMatch []string
+	for n, c := range tcols {
+		if c.Key {
+			keyMatch = append(keyMatch, fmt.Sprintf("t.%s = %s", pgIdent(c.Name), pgValue(c, "s."+cols[n+3])))
+		}
+	}
+	if len(keyMatch) < len(keyColumns(b.Table)) {
+		// A delete's before image lacks key columns: nothing to match on.
+		return apply.Reject(fmt.Errorf("changes of %s lack key columns", tg.pg()))
+	}
+	if !p.cfg.SoftDelete {
+		del := fmt.Sprintf("DELETE FROM %s t USING _tl_stage s WHERE s._op = 'd' AND %s AND t.%s < s._pos",
+			tg.pg(), strings.Join(keyMatch, " AND "), colPosition)
+		if _, err := tx.Exec(ctx, del); err != nil {
+			return classifyPG(err)
+		}
+		tomb := fmt.Sprintf(`INSERT INTO %[1]s AS x (table_name, key, position) SELECT $1, s._k, s._pos FROM _tl_stage s WHERE s._op = 'd'
+			ON CONFLICT (table_name, key) DO UPDATE SET position = EXCLUDED.position WHERE x.position < EXCLUDED.position`, tg.pgTombstones())
+		if _, err := tx.Exec(ctx, tomb, tg.name); err != nil {
+			return classifyPG(err)
+		}
+	}
+
+	var names, values, sets, keys []string
+	for n, c := range tcols {
+		names = append(names, pgIdent(c.Name))
+		values = append(values, pgValue(c, "s."+cols[n+3]))
+		if c.Key {
+			keys = append(keys, pgIdent(c.Name))
+		} else {
+			sets = append(sets, fmt.Sprintf("%[1]s = EXCLUDED.%[1]s", pgIdent(c.Name)))
+		}
+	}
+	names = append(names, colPosition, colOp, colAppliedAt)
+	values = append(values, "s._pos", "s._op", "now()")
+	for _, m := range []string{colPosition, colOp, colAppliedAt} {
+		sets = append(sets, fmt.Sprintf("%[1]s = EXCLUDED.%[1]s", m))
+	}
+	where := "s._op <> 'd'"
+	if p.cfg.SoftDelete {
+		names = append(names, colDeleted)
+		values = append(values, "s._op = 'd'")
+		sets = append(sets, fmt.Sprintf("%[1]s = EXCLUDED.%[1]s", colDeleted))
+		where = "true"
+	}
+	up := fmt.Sprintf(`INSERT INTO %s AS t (%s) SELECT %s FROM _tl_stage s WHERE %s
+		ON CONFLICT (%s) DO UPDATE SET %s WHERE t.%s < EXCLUDED.%s`,
+		tg.pg(), strings.Join(names, ", "), strings.Join(values, ", "), where,
+		strings.Join(keys, ", "), strings.Join(sets, ", "), colPosition, colPosition)
+	if _, err := tx.Exec(ctx, up); err != nil {
+		return classifyPG(err)
+	}
+	return nil
+}
+
+// classifyPG marks errors about the data (SQLSTATE classes 22 and 23, a
+// datatype mismatch, a row too large) permanent; everything else
+// (connections, deadlocks, a server shutting down) is transient.
+func classifyPG(err error) error {
+	if err == nil {
+		return nil
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch {
+		case strings.HasPrefix(pe.Code, "22"), strings.HasPrefix(pe.Code, "23"),
+			pe.Code == "42804", pe.Code == "54000":
+			return apply.Permanent(err)
+		}
+	}
+	return err
+}
