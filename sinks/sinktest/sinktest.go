@@ -87,9 +87,15 @@ func (h *harness) table(name string, cols ...change.Column) *change.Table {
 	return t
 }
 
-func text(name string) change.Column { return change.Column{Name: name, Type: "text", Logical: change.String} }
-func int4(name string) change.Column { return change.Column{Name: name, Type: "int4", Logical: change.Int32} }
-func int2(name string) change.Column { return change.Column{Name: name, Type: "int2", Logical: change.Int16} }
+func text(name string) change.Column {
+	return change.Column{Name: name, Type: "text", Logical: change.String}
+}
+func int4(name string) change.Column {
+	return change.Column{Name: name, Type: "int4", Logical: change.Int32}
+}
+func int2(name string) change.Column {
+	return change.Column{Name: name, Type: "int2", Logical: change.Int16}
+}
 
 // row renders values (by column name; missing ones are NULL, the string
 // "~" is the unchanged-TOAST marker) in the table's column order.
@@ -129,7 +135,7 @@ func (h *harness) produce(changes ...chg) {
 	for _, c := range changes {
 		h.lsn += 0x100
 		ev := change.Event{Op: c.op, Table: c.t, Before: row(c.t, c.before), After: row(c.t, c.after),
-			Source: change.Source{Connector: "postgresql", Name: h.prefix, TsMs: time.Now().UnixMilli(), TxID: int64(h.lsn), LSN: h.lsn},
+			Source:  change.Source{Connector: "postgresql", Name: h.prefix, TsMs: time.Now().UnixMilli(), TxID: int64(h.lsn), LSN: h.lsn},
 			TxOrder: 1, TxTableOrder: 1, TxLSN: h.lsn}
 		key := h.enc.Key(&ev)
 		b.Add(change.Record{Topic: c.t.Topic, Key: key, Value: h.enc.Value(&ev, time.Now().UnixMilli()), Order: codec.Order(&ev), Table: c.t, Op: c.op})
