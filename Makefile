@@ -27,6 +27,7 @@ help: ## list the targets
 # stops its servers and removes its temp dirs.
 demo: ## run a throwaway PostgreSQL (SOURCE=mysql: MariaDB) with a shop workload, streamed into an embedded Kafka (Ctrl-C stops)
 	@bash scripts/ensure-packages.sh demo$(if $(SOURCE),-$(SOURCE))
+	go build -ldflags '$(LDFLAGS)' -o bin/tideline ./cmd/tideline
 	go build -ldflags '$(LDFLAGS)' -o bin/tideline-demo ./cmd/tideline-demo
 	./bin/tideline-demo $(if $(SOURCE),-source $(SOURCE)) $(DEMO_FLAGS)
 

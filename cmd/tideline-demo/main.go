@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
@@ -104,6 +105,7 @@ type started struct {
 	tmp      string   // the demo's temp dir (the broker's data), removed on exit
 	httpAddr string   // the bound metrics and health address, "" when off
 	brokers  []string // the embedded broker's address
+	duckdb   string   // the DuckDB warehouse file the demo's sink writes
 }
 
 func main() {
@@ -195,7 +197,8 @@ func run(ctx context.Context, f flags, log *zap.Logger, onStart func(started)) e
 	}
 	log.Info("created the shop schema with seed rows", zap.Strings("tables", db.tables))
 
-	cfg, err := demoConfig(f, db, srv.dsn(), filepath.Join(tmp, "kafka"))
+	warehouse := filepath.Join(tmp, "warehouse.duckdb")
+	cfg, err := demoConfig(f, db, srv.dsn(), filepath.Join(tmp, "kafka"), warehouse)
 	if err != nil {
 		return err
 	}
@@ -207,7 +210,7 @@ func run(ctx context.Context, f flags, log *zap.Logger, onStart func(started)) e
 	g.Go(func() error {
 		return daemon.Run(gctx, cfg, log, daemon.Options{
 			Started: func(httpAddr string, brokers []string) {
-				onStart(started{db: db, dsn: srv.dsn(), shell: srv.shell(), dbDir: srv.dir(), tmp: tmp, httpAddr: httpAddr, brokers: brokers})
+				onStart(started{db: db, dsn: srv.dsn(), shell: srv.shell(), dbDir: srv.dir(), tmp: tmp, httpAddr: httpAddr, brokers: brokers, duckdb: warehouse})
 			},
 		})
 	})
@@ -222,7 +225,9 @@ func run(ctx context.Context, f flags, log *zap.Logger, onStart func(started)) e
 
 // demoConfig is the configuration the demo runs, built the way a config file is: defaults, then
 // validation.
-func demoConfig(f flags, db *database, dsn, kafkaDir string) (*config.Config, error) {
+// Besides the capture, it runs a DuckDB warehouse sink that mirrors every table into one file.
+func demoConfig(f flags, db *database, dsn, kafkaDir, warehouse string) (*config.Config, error) {
+	keepOpen := false // so that tideline duckdb can read the file between batches
 	cfg := &config.Config{
 		Name: name,
 		Source: config.Source{
@@ -238,8 +243,9 @@ func demoConfig(f flags, db *database, dsn, kafkaDir string) (*config.Config, er
 				DataDir: kafkaDir,
 			},
 		},
-		HTTP: config.HTTP{Listen: f.http},
-		Log:  config.Log{Level: "info", Format: "console"},
+		Sinks: []config.Sink{{Name: "warehouse", Type: "duckdb", Path: warehouse, KeepOpen: &keepOpen, Linger: time.Second}},
+		HTTP:  config.HTTP{Listen: f.http},
+		Log:   config.Log{Level: "info", Format: "console"},
 	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
@@ -273,7 +279,7 @@ func printBanner(w io.Writer, f flags, s started) {
 	var b strings.Builder
 	line := strings.Repeat("=", 78)
 	fmt.Fprintf(&b, "\n%s\n", line)
-	fmt.Fprintf(&b, "Tideline demo is running: %s -> Tideline -> embedded Kafka broker\n\n", s.db.title)
+	fmt.Fprintf(&b, "Tideline demo is running: %s -> Tideline -> embedded Kafka broker -> DuckDB warehouse\n\n", s.db.title)
 	fmt.Fprintf(&b, "  %-13s%s\n", s.db.title, s.dsn)
 	fmt.Fprintf(&b, "               %s\n", s.shell)
 	if f.rate > 0 {
@@ -289,12 +295,20 @@ func printBanner(w io.Writer, f flags, s started) {
 	fmt.Fprintf(&b, "               kcat -b %s -C -t %s.%s -f '%%k %%s\\n'\n", broker, name, tables[1])
 	fmt.Fprintf(&b, "               kcat -b %s -L    (list topics)\n", broker)
 	fmt.Fprintf(&b, "               (no kcat? apt-get install kcat)\n")
+	fmt.Fprintf(&b, "  Warehouse    %s (DuckDB, written by the sink \"warehouse\" every second)\n", s.duckdb)
+	fmt.Fprintf(&b, "  Query it     %s\n\n", duckdbQuery(s))
 	if s.httpAddr != "" {
 		fmt.Fprintf(&b, "  Metrics      http://%s/metrics   (try: curl -s http://%s/metrics | grep tideline_events_total)\n", s.httpAddr, s.httpAddr)
 		fmt.Fprintf(&b, "  Ready        http://%s/readyz\n", s.httpAddr)
 	}
 	fmt.Fprintf(&b, "\nCtrl-C to stop.\n%s\n\n", line)
 	_, _ = io.WriteString(w, b.String())
+}
+
+// duckdbQuery is a command that queries the demo's warehouse.
+func duckdbQuery(s started) string {
+	t := s.db.tables[len(s.db.tables)-1]
+	return fmt.Sprintf(`bin/tideline duckdb --path %s "SELECT _tideline_op, count(*) FROM %s GROUP BY 1"`, s.duckdb, t)
 }
 
 // removeAll removes dir, logging (not returning) a failure: it runs on the way out.

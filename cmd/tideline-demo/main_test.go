@@ -14,6 +14,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/zap/zaptest"
+
+	sqlsink "github.com/tideline-cdc/tideline/sinks/sql"
 )
 
 // TestDemo runs the demo as make demo does, on free ports, and checks what its user is told to
@@ -63,7 +65,7 @@ func testDemo(t *testing.T, source, customers, orders, orderInserts string) {
 		"kcat -b " + s.brokers[0] + " -C -t " + customers + " -f '%k %s\\n'",
 		"apt-get install kcat",
 		"http://" + s.httpAddr + "/metrics", "http://" + s.httpAddr + "/readyz",
-		"Ctrl-C to stop",
+		"Ctrl-C to stop", duckdbQuery(s),
 	} {
 		if !strings.Contains(banner.String(), want) {
 			t.Errorf("banner lacks %q:\n%s", want, banner.String())
@@ -125,6 +127,26 @@ func testDemo(t *testing.T, source, customers, orders, orderInserts string) {
 			t.Fatalf("/readyz: %q after 1m", body)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+
+	// The DuckDB warehouse mirrors both tables, snapshot rows and changes alike, and the
+	// command the banner prints reads it while the demo runs.
+	for _, tb := range db.tables {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			var out strings.Builder
+			err := sqlsink.QueryDuckDB(ctx, s.duckdb, "SELECT string_agg(DISTINCT _tideline_op, '' ORDER BY _tideline_op) AS ops FROM "+tb, &out)
+			if err == nil && strings.Contains(out.String(), "r") && strings.ContainsAny(out.String(), "cu") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("warehouse table %s after 1m: %q (%v)", tb, out.String(), err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	if body := get(t, "http://"+s.httpAddr+"/metrics"); !strings.Contains(body, `tideline_sink_rows_total{op="r",sink="warehouse"`) {
+		t.Errorf("/metrics does not count the warehouse's rows")
 	}
 
 	cancel()

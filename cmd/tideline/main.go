@@ -13,6 +13,7 @@ import (
 	"github.com/tideline-cdc/tideline/pkg/config"
 	"github.com/tideline-cdc/tideline/pkg/daemon"
 	"github.com/tideline-cdc/tideline/pkg/observe"
+	sqlsink "github.com/tideline-cdc/tideline/sinks/sql"
 )
 
 func main() {
@@ -25,16 +26,16 @@ func main() {
 func rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "tideline",
-		Short:         "Stream PostgreSQL changes into Kafka, loss-free and checkpointed",
+		Short:         "Stream PostgreSQL and MySQL changes into Kafka, loss-free and checkpointed, and apply them to warehouses",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(runCmd(), validateCmd(), versionCmd())
+	root.AddCommand(runCmd(), validateCmd(), versionCmd(), duckdbCmd())
 	return root
 }
 
 func runCmd() *cobra.Command {
-	var path string
+	var path, role string
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the pipeline until SIGINT/SIGTERM",
@@ -51,10 +52,26 @@ func runCmd() *cobra.Command {
 			defer log.Sync() //nolint:errcheck // stderr
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return daemon.Run(ctx, cfg, log, daemon.Options{})
+			return daemon.Run(ctx, cfg, log, daemon.Options{Role: role})
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "tideline.yaml", "config file")
+	cmd.Flags().StringVar(&role, "role", daemon.RoleAll, "what to run: all (capture and sinks), capture, or sinks (consumer-group members; add instances to scale out)")
+	return cmd
+}
+
+func duckdbCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "duckdb --path FILE QUERY",
+		Short: "Run a read-only SQL query on a DuckDB warehouse file (e.g. a duckdb sink's) and print the result",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return sqlsink.QueryDuckDB(cmd.Context(), path, args[0], cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVar(&path, "path", "", "the DuckDB database file")
+	_ = cmd.MarkFlagRequired("path")
 	return cmd
 }
 

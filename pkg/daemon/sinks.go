@@ -25,6 +25,12 @@ var SinkTypes = map[string]SinkFactory{
 	"postgres": func(ctx context.Context, d SinkDeps) (apply.Sink, error) {
 		return sqlsink.NewPostgres(ctx, warehouse(d.Sink), d.Log)
 	},
+	"mysql": func(ctx context.Context, d SinkDeps) (apply.Sink, error) {
+		return sqlsink.NewMySQL(ctx, warehouse(d.Sink), d.Log)
+	},
+	"duckdb": func(ctx context.Context, d SinkDeps) (apply.Sink, error) {
+		return sqlsink.NewDuckDB(ctx, warehouse(d.Sink), d.Log)
+	},
 }
 
 func warehouse(s *config.Sink) sqlsink.Config {

@@ -1,0 +1,566 @@
+package sqlsink
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	_ "github.com/go-sql-driver/mysql"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/tideline-cdc/tideline/internal/testenv"
+	"github.com/tideline-cdc/tideline/pkg/apply"
+	"github.com/tideline-cdc/tideline/pkg/change"
+	"github.com/tideline-cdc/tideline/sinks/sinktest"
+)
+
+func TestMySQLDSN(t *testing.T) {
+	c, err := mysqlConfig("mysql://u:p%40ss@db.example:3307/shop?tls=skip-verify")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.User != "u" || c.Passwd != "p@ss" || c.Addr != "db.example:3307" || c.DBName != "shop" ||
+		c.TLS == nil || !c.TLS.InsecureSkipVerify || !c.InterpolateParams || c.ParseTime || c.MultiStatements {
+		t.Errorf("config = %+v", c)
+	}
+	if c.Params["time_zone"] != "'+00:00'" || !strings.Contains(c.Params["sql_mode"], "STRICT_ALL_TABLES") {
+		t.Errorf("params = %v", c.Params)
+	}
+	c, err = mysqlConfig("mysql://u@h/d?tls=true")
+	if err != nil || c.Addr != "h:3306" || c.TLS == nil || c.TLS.ServerName != "h" || c.TLS.InsecureSkipVerify {
+		t.Errorf("tls=true: %+v, %v", c, err)
+	}
+	for _, bad := range []string{"postgres://u@h/d", "mysql:///d", "mysql://u@h/d?tls=maybe", "mysql://u@h/d?tls_ca=x", "mysql://u@h/d?charset=latin1", "mysql://u@h:99999/d"} {
+		if _, err := mysqlConfig(bad); err == nil {
+			t.Errorf("%s: no error", bad)
+		}
+	}
+	if _, err := NewMySQL(context.Background(), Config{Name: "x", DSN: "mysql://u@h/"}, zaptest.NewLogger(t)); err == nil {
+		t.Error("no database and no schema in table_format: no error")
+	}
+}
+
+func TestMySQLChunks(t *testing.T) {
+	rows := make([]myRow, 10)
+	idx := make([]int, 10)
+	for i := range rows {
+		idx[i], rows[i].size = i, 10
+	}
+	rows[4].size = myMaxBytes + 1 // alone in its statement
+	got := myChunks(idx, myMaxParams/3, rows)
+	want := [][]int{{0, 1, 2}, {3}, {4}, {5, 6, 7}, {8, 9}}
+	if !slices.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("chunks = %v, want %v", got, want)
+	}
+	if got := myChunks(idx[:3], 1, rows); len(got) != 1 {
+		t.Errorf("3 small rows in %d statements", len(got))
+	}
+	if got := myChunks(nil, 1, rows); len(got) != 0 {
+		t.Errorf("no rows: %v", got)
+	}
+}
+
+// myEnv is one MariaDB server shared by the subtests; each subtest writes
+// to its own database.
+type myEnv struct {
+	port int
+	db   *sql.DB
+}
+
+func TestMySQL(t *testing.T) {
+	m := testenv.NewMariaDB(t, testenv.MariaDBOptions{})
+	db, err := sql.Open("mysql", m.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	e := &myEnv{port: m.Port(), db: db}
+	t.Run("Types", e.testTypes)
+	t.Run("Keys", e.testKeys)
+	t.Run("Replay", e.testReplay)
+	t.Run("Delete", e.testDelete)
+	t.Run("Truncate", e.testTruncate)
+	t.Run("SoftDelete", e.testSoftDelete)
+	t.Run("Absent", e.testAbsent)
+	t.Run("Evolve", e.testEvolve)
+	t.Run("BadValues", e.testBadValues)
+	t.Run("NoKey", e.testNoKey)
+	t.Run("Chunks", e.testChunks)
+	t.Run("TableFormat", e.testTableFormat)
+	t.Run("Conformance", e.testConformance)
+}
+
+// testConformance runs the sink suite: the real runtime, fed through
+// Kafka.
+func (e *myEnv) testConformance(t *testing.T) {
+	name := strings.ToLower(strings.ReplaceAll(t.Name(), "/", "_"))
+	if _, err := e.db.Exec("CREATE DATABASE " + myIdent(name)); err != nil {
+		t.Fatal(err)
+	}
+	sinktest.Run(t, sinktest.Target{
+		Open: func(t *testing.T) apply.Sink {
+			dsn := fmt.Sprintf("mysql://root@127.0.0.1:%d/%s", e.port, name)
+			s, err := NewMySQL(context.Background(), Config{Name: "s", Type: "mysql", DSN: dsn}, zaptest.NewLogger(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+		Rows: func(t *testing.T, _, table string) []map[string]*string {
+			rows, err := e.db.Query("SELECT * FROM " + myIdent(name) + "." + myIdent(table))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rows.Close()
+			cols, _ := rows.Columns()
+			var out []map[string]*string
+			for rows.Next() {
+				vals := make([]sql.NullString, len(cols))
+				ptrs := make([]any, len(cols))
+				for i := range vals {
+					ptrs[i] = &vals[i]
+				}
+				if err := rows.Scan(ptrs...); err != nil {
+					t.Fatal(err)
+				}
+				r := map[string]*string{}
+				for i, v := range vals {
+					r[cols[i]] = nil
+					if v.Valid {
+						r[cols[i]] = &v.String
+					}
+				}
+				out = append(out, r)
+			}
+			if err := rows.Err(); err != nil {
+				t.Fatal(err)
+			}
+			return out
+		},
+	})
+}
+
+// sink makes a sink writing to a new database named after the test.
+func (e *myEnv) sink(t *testing.T, cfg Config) (*MySQL, string) {
+	t.Helper()
+	name := strings.ToLower(strings.ReplaceAll(t.Name(), "/", "_"))
+	if _, err := e.db.Exec("CREATE DATABASE " + myIdent(name)); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Name, cfg.Type = "test", "mysql"
+	if cfg.DSN == "" {
+		cfg.DSN = fmt.Sprintf("mysql://root@127.0.0.1:%d/%s", e.port, name)
+	}
+	s, err := NewMySQL(context.Background(), cfg, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s, name
+}
+
+// query returns the rows of q as text, "NULL" for NULL.
+func (e *myEnv) query(t *testing.T, q string, args ...any) [][]string {
+	t.Helper()
+	rows, err := e.db.Query(q, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	var out [][]string
+	for rows.Next() {
+		vals := make([]sql.NullString, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			t.Fatal(err)
+		}
+		row := make([]string, len(cols))
+		for i, v := range vals {
+			row[i] = "NULL"
+			if v.Valid {
+				row[i] = v.String
+			}
+		}
+		out = append(out, row)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// expect checks q's rows, rendered one per line with | between values.
+func (e *myEnv) expect(t *testing.T, q string, want ...string) {
+	t.Helper()
+	var got []string
+	for _, r := range e.query(t, q) {
+		got = append(got, strings.Join(r, "|"))
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("%s:\ngot  %q\nwant %q", q, got, want)
+	}
+}
+
+func mcol(name string, l change.Logical, typ string) change.Column {
+	return change.Column{Name: name, Logical: l, Type: typ}
+}
+
+func mkey(c change.Column) change.Column { c.Key = true; return c }
+
+func mtable(name string, cols ...change.Column) *change.Table {
+	t := &change.Table{Database: "src", Name: name, Topic: "t." + name, Columns: cols}
+	t.HasKey = slices.ContainsFunc(cols, func(c change.Column) bool { return c.Key })
+	return t
+}
+
+// ord is a change's Order: fixed-width hex, like codec.Order.
+func mord(n int) string { return fmt.Sprintf("%032x", n) }
+
+// row builds a change of t; vals are JSON values aligned with t.Columns,
+// "" for absent.
+func mrow(t *change.Table, op change.Op, order int, vals ...string) apply.Row {
+	r := apply.Row{Op: op, Order: []byte(mord(order))}
+	var k []string
+	for i, v := range vals {
+		if v != "" {
+			r.Values = append(r.Values, []byte(v))
+		} else {
+			r.Values = append(r.Values, nil)
+		}
+		if t.Columns[i].Key {
+			k = append(k, fmt.Sprintf("%q:%s", t.Columns[i].Name, v))
+		}
+	}
+	r.Key = []byte("{" + strings.Join(k, ",") + "}")
+	return r
+}
+
+func mbatch(t *change.Table, rows ...apply.Row) *apply.TableBatch {
+	return &apply.TableBatch{Table: t, Topic: t.Topic, Rows: rows}
+}
+
+func myApply(t *testing.T, s *MySQL, b *apply.TableBatch) {
+	t.Helper()
+	if err := s.Apply(context.Background(), b); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+}
+
+func (e *myEnv) testTypes(t *testing.T) {
+	s, db := e.sink(t, Config{})
+	tb := mtable("types",
+		mkey(mcol("id", change.Int64, "bigint")),
+		mcol("i16", change.Int16, "smallint"),
+		mcol("i32", change.Int32, "int"),
+		mcol("i64", change.Int64, "bigint"),
+		mcol("u64", change.Uint64, "bigint unsigned"),
+		mcol("dec", change.Decimal, "decimal(30,10)"),
+		mcol("num", change.Decimal, "numeric"),
+		mcol("f32", change.Float32, "real"),
+		mcol("f64", change.Float64, "double precision"),
+		mcol("b", change.Bool, "boolean"),
+		mcol("s", change.String, "text"),
+		mcol("bin", change.Bytes, "bytea"),
+		mcol("j", change.JSON, "jsonb"),
+		mcol("arr", change.Array, "_int4"),
+		mcol("u", change.UUID, "uuid"),
+		mcol("d", change.Date, "date"),
+		mcol("tm", change.Time, "time"),
+		mcol("ts", change.Timestamp, "timestamp"),
+		mcol("tstz", change.TimestampTZ, "timestamptz"),
+		mcol("ttz", change.TimeTZ, "timetz"),
+		mcol("iv", change.Interval, "interval"),
+	)
+	full := mrow(tb, change.OpCreate, 10, "1", "-32768", "2147483647", "-9223372036854775808", "18446744073709551615",
+		`"12345678901234567890.0123456789"`, `"1.5"`, "1.5", "-3.25e+100", "true", `"héllo ' \\ \" 😀"`, `"AP8Q"`,
+		`"{\"a\": [1, 2.5]}"`, "[1,null,3]", `"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"`, "20414", "47655123456",
+		"1795353255654321", `"2026-11-22T11:14:15.500000Z"`, `"23:00:00.000000Z"`, `"P1Y2M3DT4H5M6.5S"`)
+	nulls := []string{"2"}
+	for range tb.Columns[1:] {
+		nulls = append(nulls, "null")
+	}
+	neg := mrow(tb, change.OpRead, 11, "3", "0", "0", "0", "0", `"-0.5"`, "-7", "0", `"1e-300"`, "false", `""`, `""`,
+		`"[]"`, "[]", `"00000000-0000-0000-0000-000000000000"`, "-1", "-3723500000", "-1", `"1969-12-31T23:59:59.999999Z"`, `"00:00:00Z"`, `"PT0S"`)
+	myApply(t, s, mbatch(tb, full, mrow(tb, change.OpCreate, 10, nulls...), neg))
+
+	ts := time.UnixMicro(1795353255654321).UTC().Format("2006-01-02 15:04:05.000000")
+	e.expect(t, "SELECT id, i16, i32, i64, u64, `dec`, num, f32, f64, b, s, HEX(bin), JSON_EXTRACT(j, '$.a[1]'), JSON_LENGTH(arr), u, d, tm, ts, tstz, ttz, iv, _tideline_op, _tideline_position FROM "+db+".types ORDER BY id",
+		"1|-32768|2147483647|-9223372036854775808|18446744073709551615|12345678901234567890.0123456789|1.500000000000000000000000000000|1.5|-3.25e+100|1|héllo ' \\ \" 😀|00FF10|2.5|3|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|2025-11-22|13:14:15.123456|"+ts+"|2026-11-22 11:14:15.500000|23:00:00.000000Z|P1Y2M3DT4H5M6.5S|c|"+mord(10),
+		"2|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|c|"+mord(10),
+		"3|0|0|0|0|-0.5000000000|-7.000000000000000000000000000000|0|1e-300|0|||NULL|0|00000000-0000-0000-0000-000000000000|1969-12-31|-01:02:03.500000|1969-12-31 23:59:59.999999|1969-12-31 23:59:59.999999|00:00:00Z|PT0S|r|"+mord(11),
+	)
+	e.expect(t, "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = '"+db+"' AND TABLE_NAME = 'types' AND COLUMN_NAME IN ('id', 'i16', 'u64', 'dec', 'num', 'b', 'bin', 'ts', 'tstz', 'tm', '_tideline_position', '_tideline_applied_at') ORDER BY ORDINAL_POSITION",
+		"id|bigint(20)|NO", "i16|smallint(6)|YES", "u64|bigint(20) unsigned|YES", "dec|decimal(30,10)|YES", "num|decimal(65,30)|YES",
+		"b|tinyint(1)|YES", "bin|longblob|YES", "tm|time(6)|YES", "ts|datetime(6)|YES", "tstz|datetime(6)|YES",
+		"_tideline_position|varchar(40)|NO", "_tideline_applied_at|datetime(6)|NO")
+	// _tideline_applied_at is UTC now.
+	e.expect(t, "SELECT ABS(TIMESTAMPDIFF(MINUTE, _tideline_applied_at, UTC_TIMESTAMP(6))) < 30 FROM "+db+".types WHERE id = 1", "1")
+	// The sink's sessions.
+	var mode, tz, cs string
+	if err := s.db.QueryRow("SELECT @@SESSION.sql_mode, @@SESSION.time_zone, @@SESSION.character_set_connection").Scan(&mode, &tz, &cs); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(mode, "STRICT_ALL_TABLES") || tz != "+00:00" || cs != "utf8mb4" {
+		t.Errorf("session: sql_mode %s, time_zone %s, character set %s", mode, tz, cs)
+	}
+	e.expect(t, "SELECT COUNT(*) FROM "+db+"._tideline_tombstones", "0")
+}
+
+// testKeys checks that key values the source tells apart stay apart and
+// that deletes match them exactly: text keys differing in case or trailing
+// spaces, bigints beyond a double's precision, decimals, bytes and
+// date-times.
+func (e *myEnv) testKeys(t *testing.T) {
+	s, db := e.sink(t, Config{})
+	tb := mtable("keys",
+		mkey(mcol("s", change.String, "varchar(20)")),
+		mkey(mcol("n", change.Int64, "bigint")),
+		mkey(mcol("x", change.Decimal, "numeric(30,20)")),
+		mkey(mcol("bin", change.Bytes, "bytea")),
+		mkey(mcol("ts", change.Timestamp, "timestamp")),
+		mkey(mcol("d", change.Date, "date")),
+		mcol("v", change.Int32, "int"),
+	)
+	base := []string{`"a"`, "9007199254740993", `"0.10000000000000000001"`, `"AAE="`, "1000001", "1"}
+	variants := [][2]any{{-1, ""}, {0, `"A"`}, {0, `"a "`}, {1, "9007199254740992"}, {2, `"0.1"`}, {3, `"AAI="`}, {4, "1000002"}, {5, "2"}}
+	var rows []apply.Row
+	mk := func(i int, op change.Op, order int) apply.Row {
+		vals := slices.Clone(base)
+		if at := variants[i][0].(int); at >= 0 {
+			vals[at] = variants[i][1].(string)
+		}
+		return mrow(tb, op, order, append(vals, fmt.Sprint(i))...)
+	}
+	for i := range variants {
+		rows = append(rows, mk(i, change.OpCreate, 10))
+	}
+	myApply(t, s, mbatch(tb, rows...))
+	e.expect(t, "SELECT COUNT(*) FROM "+db+".keys", "8")
+
+	// Delete the base row: only it goes.
+	myApply(t, s, mbatch(tb, mk(0, change.OpDelete, 20)))
+	e.expect(t, "SELECT GROUP_CONCAT(v ORDER BY v) FROM "+db+".keys", "1,2,3,4,5,6,7")
+	// And then every variant, the base row's replay included.
+	rows = rows[:0]
+	for i := range variants {
+		rows = append(rows, mk(i, change.OpDelete, 30))
+	}
+	myApply(t, s, mbatch(tb, rows...))
+	e.expect(t, "SELECT COUNT(*) FROM "+db+".keys", "0")
+	e.expect(t, "SELECT COUNT(*) FROM "+db+"._tideline_tombstones WHERE table_name = 'keys' AND position = '"+mord(30)+"'", "8")
+}
+
+func (e *myEnv) testReplay(t *testing.T) {
+	s, db := e.sink(t, Config{})
+	tb := mtable("replay", mkey(mcol("id", change.Int32, "int")), mcol("v", change.String, "text"))
+	older := mbatch(tb, mrow(tb, change.OpCreate, 10, "1", `"one"`), mrow(tb, change.OpCreate, 10, "2", `"two"`))
+	newer := mbatch(tb, mrow(tb, change.OpUpdate, 20, "1", `"uno"`), mrow(tb, change.OpCreate, 20, "3", `"three"`))
+	myApply(t, s, older)
+	myApply(t, s, newer)
+	q := "SELECT id, v, _tideline_op, _tideline_position, _tideline_applied_at FROM " + db + ".replay ORDER BY id"
+	want := e.query(t, q)
+	if len(want) != 3 || want[0][1] != "uno" || want[0][2] != "u" || want[0][3] != mord(20) {
+		t.Fatalf("after both batches: %q", want)
+	}
+	time.Sleep(10 * time.Millisecond) // a rewrite would show in _tideline_applied_at
+	myApply(t, s, newer)
+	myApply(t, s, older)
+	myApply(t, s, mbatch(tb, mrow(tb, change.OpUpdate, 15, "1", `"stale"`), mrow(tb, change.OpUpdate, 20, "2", `"dos"`)))
+	got := e.query(t, q)
+	want[1][1], want[1][2], want[1][3] = "dos", "u", mord(20)
+	got[1][4] = want[1][4] // row 2 was rewritten on purpose
+	if !slices.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("replays changed the table:\ngot  %q\nwant %q", got, want)
+	}
+}
+
+func (e *myEnv) testDelete(t *testing.T) {
+	s, db := e.sink(t, Config{})
+	tb := mtable("del", mkey(mcol("id", change.Int64, "bigint")), mcol("v", change.String, "text"))
+	insert := mbatch(tb, mrow(tb, change.OpCreate, 10, "1", `"a"`), mrow(tb, change.OpCreate, 10, "2", `"b"`))
+	myApply(t, s, insert)
+	// The before image of a delete may carry only the key.
+	myApply(t, s, mbatch(tb, mrow(tb, change.OpDelete, 20, "1", "")))
+	e.expect(t, "SELECT id FROM "+db+".del", "2")
+	e.expect(t, "SELECT table_name, `key`, position FROM "+db+"._tideline_tombstones", `del|{"id":1}|`+mord(20))
+	// Replaying the insert does not bring the row back.
+	myApply(t, s, insert)
+	e.expect(t, "SELECT id, v FROM "+db+".del", "2|b")
+	// A new insert does, and a replayed older delete leaves it.
+	myApply(t, s, mbatch(tb, mrow(tb, change.OpCreate, 30, "1", `"again"`)))
+	myApply(t, s, mbatch(tb, mrow(tb, change.OpDelete, 25, "1", `"a"`)))
+	e.expect(t, "SELECT id, v, _tideline_position FROM "+db+".del ORDER BY id", "1|again|"+mord(30), "2|b|"+mord(10))
+	e.expect(t, "SELECT position FROM "+db+"._tideline_tombstones", mord(25))
+	// A delete of a key the target never had leaves a tombstone too.
+	myApply(t, s, mbatch(tb, mrow(tb, change.OpDelete, 40, "9", `"z"`)))
+	myApply(t, s, mbatch(tb, mrow(tb, change.OpCreate, 35, "9", `"z"`)))
+	e.expect(t, "SELECT COUNT(*) FROM "+db+".del WHERE id = 9", "0")
+}
+
+func (e *myEnv) testTruncate(t *testing.T) {
+	s, db := e.sink(t, Config{})
+	tb := mtable("trunc", mkey(mcol("id", change.Int32, "int")), mcol("v", change.String, "text"))
+	myApply(t, s, mbatch(tb, mrow(tb, change.OpCreate, 10, "1", `"a"`), mrow(tb, change.OpCreate, 20, "2", `"b"`)))
+	b := mbatch(tb, mrow(tb, change.OpCreate, 16, "3", `"c"`))
+	b.Truncate = []byte(mord(15))
+	myApply(t, s, b)
+	e.expect(t, "SELECT id FROM "+db+".trunc ORDER BY id", "2", "3")
+	e.expect(t, "SELECT `key`, position FROM "+db+"._tideline_tombstones", "*|"+mord(15))
+	// Changes from before the truncate stay out.
+	myApply(t, s, mbatch(tb, mrow(tb, change.OpCreate, 10, "1", `"a"`), mrow(tb, change.OpCreate, 12, "4", `"d"`)))
+	e.expect(t, "SELECT id FROM "+db+".trunc ORDER BY id", "2", "3")
+	// A replayed older truncate does not move the tombstone back.
+	b.Truncate = []byte(mord(5))
+	b.Rows = nil
+	myApply(t, s, b)
+	e.expect(t, "SELECT position FROM "+db+"._tideline_tombstones", mord(15))
+}
+
+func (e *myEnv) testSoftDelete(t *testing.T) {
+	s, db := e.sink(t, Config{SoftDelete: true})
+	tb := mtable("soft", mkey(mcol("id", change.Int32, "int")), mcol("v", change.String, "text"))
+	insert := mbatch(tb, mrow(tb, change.OpCreate, 10, "1", `"a"`), mrow(tb, change.OpCreate, 10, "2", `"b"`))
+	myApply(t, s, insert)
+	myApply(t, s, mbatch(tb, mrow(tb, change.OpDelete, 20, "1", `"a"`)))
+	q := "SELECT id, v, _tideline_op, _tideline_deleted, _tideline_position FROM " + db + ".soft ORDER BY id"
+	e.expect(t, q, "1|a|d|1|"+mord(20), "2|b|c|0|"+mord(10))
+	myApply(t, s, insert)
+	e.expect(t, q, "1|a|d|1|"+mord(20), "2|b|c|0|"+mord(10))
+	e.expect(t, "SELECT COUNT(*) FROM "+db+"._tideline_tombstones", "0")
+
+	b := mbatch(tb, mrow(tb, change.OpCreate, 40, "1", `"new"`))
+	b.Truncate = []byte(mord(30))
+	myApply(t, s, b)
+	e.expect(t, q, "1|new|c|0|"+mord(40), "2|b|t|1|"+mord(30))
+	myApply(t, s, insert)
+	e.expect(t, q, "1|new|c|0|"+mord(40), "2|b|t|1|"+mord(30))
+}
+
+func (e *myEnv) testAbsent(t *testing.T) {
+	s, db := e.sink(t, Config{})
+	tb := mtable("absent", mkey(mcol("id", change.Int32, "int")),
+		mcol("a", change.String, "text"), mcol("b", change.String, "text"), mcol("c", change.Int32, "int"))
+	myApply(t, s, mbatch(tb, mrow(tb, change.OpCreate, 10, "1", `"x"`, `"y"`, "1"), mrow(tb, change.OpCreate, 10, "2", `"x"`, `"y"`, "1")))
+	unavailable := `"` + change.UnavailableMarker + `"`
+	// Two presence groups in one batch.
+	myApply(t, s, mbatch(tb,
+		mrow(tb, change.OpUpdate, 20, "1", "", unavailable, "2"),
+		mrow(tb, change.OpUpdate, 20, "2", `"x2"`, "null", "")))
+	e.expect(t, "SELECT id, a, b, c, _tideline_position FROM "+db+".absent ORDER BY id",
+		"1|x|y|2|"+mord(20), "2|x2|NULL|1|"+mord(20))
+}
+
+func (e *myEnv) testEvolve(t *testing.T) {
+	s, db := e.sink(t, Config{})
+	v1 := mtable("evolve", mkey(mcol("id", change.Int32, "int")), mcol("n", change.Int16, "smallint"), mcol("f", change.Float32, "real"))
+	myApply(t, s, mbatch(v1, mrow(v1, change.OpCreate, 10, "1", "7", "1.5")))
+	v2 := mtable("evolve", mkey(mcol("id", change.Int32, "int")), mcol("n", change.Int32, "int"), mcol("f", change.Float64, "double precision"),
+		mcol("added", change.String, "text"))
+	myApply(t, s, mbatch(v2, mrow(v2, change.OpCreate, 20, "2", "100000", "1.0000000001", `"new"`)))
+	e.expect(t, "SELECT id, n, f, added FROM "+db+".evolve ORDER BY id", "1|7|1.5|NULL", "2|100000|1.0000000001|new")
+	e.expect(t, "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = '"+db+"' AND TABLE_NAME = 'evolve' AND COLUMN_NAME IN ('n', 'f', 'added') ORDER BY COLUMN_NAME",
+		"added|longtext", "f|double", "n|int(11)")
+	// A batch of the older shape (a replay) does not narrow anything.
+	myApply(t, s, mbatch(v1, mrow(v1, change.OpUpdate, 30, "1", "8", "2.5")))
+	e.expect(t, "SELECT COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = '"+db+"' AND TABLE_NAME = 'evolve' AND COLUMN_NAME = 'n'", "int(11)")
+
+	// A column added behind the sink's back is found on the retry.
+	if _, err := e.db.Exec("ALTER TABLE " + db + ".evolve DROP COLUMN added"); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Apply(context.Background(), mbatch(v2, mrow(v2, change.OpUpdate, 40, "2", "1", "1", `"back"`)))
+	if err == nil || apply.IsPermanent(err) {
+		t.Fatalf("apply to a table that lost a column: %v, want a transient error", err)
+	}
+	myApply(t, s, mbatch(v2, mrow(v2, change.OpUpdate, 40, "2", "1", "1", `"back"`)))
+	e.expect(t, "SELECT added FROM "+db+".evolve WHERE id = 2", "back")
+}
+
+func (e *myEnv) testBadValues(t *testing.T) {
+	s, db := e.sink(t, Config{})
+	tb := mtable("bad", mkey(mcol("id", change.Int32, "int")), mcol("n", change.Int16, "smallint"),
+		mcol("bin", change.Bytes, "bytea"), mcol("j", change.JSON, "json"), mcol("f", change.Float32, "real"))
+	good := mrow(tb, change.OpCreate, 10, "1", "1", `"AA=="`, `"{}"`, "1")
+
+	// Values the sink cannot convert: that row, before anything is written.
+	for _, bad := range [][]string{
+		{"2", `"abc"`, "null", "null", "null"},
+		{"2", "null", `"not base64!"`, "null", "null"},
+		{"2", "null", "null", "null", `"NaN"`},
+	} {
+		err := s.Apply(context.Background(), mbatch(tb, good, mrow(tb, change.OpCreate, 10, bad...)))
+		var re *apply.RowError
+		if !errors.As(err, &re) || re.Index != 1 {
+			t.Errorf("%v: got %v, want a RowError for row 1", bad, err)
+		} else if !strings.Contains(err.Error(), "bad") {
+			t.Errorf("error does not name the table: %v", err)
+		}
+	}
+	// Values the server refuses: the batch, permanently, and nothing of it.
+	for _, bad := range [][]string{
+		{"2", "70000", "null", "null", "null"},
+		{"2", "null", "null", `"{not json"`, "null"},
+		{"2", "null", "null", "null", "1e39"},
+	} {
+		err := s.Apply(context.Background(), mbatch(tb, good, mrow(tb, change.OpCreate, 10, bad...)))
+		var re *apply.RowError
+		if err == nil || !apply.IsPermanent(err) || errors.As(err, &re) {
+			t.Errorf("%v: got %v, want a permanent error", bad, err)
+		}
+	}
+	e.expect(t, "SELECT COUNT(*) FROM "+db+".bad", "0")
+	// The sink still works.
+	myApply(t, s, mbatch(tb, good))
+	e.expect(t, "SELECT id, n FROM "+db+".bad", "1|1")
+}
+
+func (e *myEnv) testNoKey(t *testing.T) {
+	s, _ := e.sink(t, Config{})
+	tb := mtable("nokey", mcol("v", change.String, "text"))
+	err := s.Apply(context.Background(), mbatch(tb, apply.Row{Op: change.OpCreate, Order: []byte(mord(1)), Values: []json.RawMessage{[]byte(`"x"`)}}))
+	var re *apply.RejectError
+	if !errors.As(err, &re) || !errors.Is(err, errNoKey) {
+		t.Errorf("got %v, want a Reject of errNoKey", err)
+	}
+}
+
+func (e *myEnv) testChunks(t *testing.T) {
+	s, db := e.sink(t, Config{})
+	tb := mtable("many", mkey(mcol("id", change.Int32, "int")), mcol("v", change.String, "text"))
+	const n = 2500
+	var ins, del []apply.Row
+	for i := range n {
+		ins = append(ins, mrow(tb, change.OpCreate, 10, fmt.Sprint(i), `"`+strings.Repeat("x", 2000)+`"`))
+		del = append(del, mrow(tb, change.OpDelete, 20, fmt.Sprint(i), ""))
+	}
+	myApply(t, s, mbatch(tb, ins...))
+	e.expect(t, "SELECT COUNT(*), SUM(LENGTH(v)) FROM "+db+".many", fmt.Sprint(n)+"|"+fmt.Sprint(n*2000))
+	myApply(t, s, mbatch(tb, del...))
+	myApply(t, s, mbatch(tb, ins...))
+	e.expect(t, "SELECT COUNT(*) FROM "+db+".many", "0")
+	e.expect(t, "SELECT COUNT(*) FROM "+db+"._tideline_tombstones", fmt.Sprint(n))
+}
+
+func (e *myEnv) testTableFormat(t *testing.T) {
+	s, db := e.sink(t, Config{TableFormat: "{db}_{schema}_x.{table}"})
+	tb := mtable("fmt", mkey(mcol("id", change.Int32, "int")))
+	myApply(t, s, mbatch(tb, mrow(tb, change.OpCreate, 10, "1")))
+	e.expect(t, "SELECT id FROM src_src_x.fmt", "1")
+	e.expect(t, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '"+db+"'", "0")
+	myApply(t, s, mbatch(tb, mrow(tb, change.OpDelete, 20, "1")))
+	e.expect(t, "SELECT `key` FROM src_src_x._tideline_tombstones", `{"id":1}`)
+}
