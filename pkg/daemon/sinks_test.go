@@ -16,8 +16,12 @@ import (
 	_ "github.com/go-sql-driver/mysql" // the MariaDB target's reader
 	"github.com/jackc/pgx/v5"
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql for the PostgreSQL reads
+	"github.com/twmb/franz-go/pkg/kadm"
 
 	"github.com/tideline-cdc/tideline/internal/testenv"
+	"github.com/tideline-cdc/tideline/pkg/config"
+	"github.com/tideline-cdc/tideline/pkg/daemon"
+	"github.com/tideline-cdc/tideline/pkg/observe"
 )
 
 // accountsWriter runs a mixed insert/update/delete workload on
@@ -270,4 +274,102 @@ func TestSinksKillNineLoop(t *testing.T) {
 		}
 	}
 	p.term(60 * time.Second)
+}
+
+// TestRolesAndScaleOut runs the capture in one daemon (--role capture) and
+// the same sink in two others (--role sinks): the two share the consumer
+// group tideline-test-wh, split the partitions between them, and together
+// apply every change to the target.
+func TestRolesAndScaleOut(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if err := e.pg.CreateDB(ctx, "warehouse"); err != nil {
+		t.Fatal(err)
+	}
+	e.exec("CREATE TABLE public.items (id bigint PRIMARY KEY, v int NOT NULL)")
+	e.exec("INSERT INTO public.items SELECT g, 0 FROM generate_series(1, 500) g")
+	cfg := e.config([]string{"public.items"}, func(c *config.Config) {
+		c.Kafka.Topics.Partitions = 4
+		c.Sinks = []config.Sink{{Name: "wh", Type: "postgres", DSN: config.Secret(e.pg.DSN("warehouse")), Linger: 20 * time.Millisecond}}
+	})
+	if cfg.Sinks[0].Group != "tideline-test-wh" {
+		t.Errorf("group %q, want tideline-test-wh", cfg.Sinks[0].Group)
+	}
+	capture := e.start(cfg, daemon.Options{Role: daemon.RoleCapture})
+	a := e.start(cfg, daemon.Options{Role: daemon.RoleSinks})
+	b := e.start(cfg, daemon.Options{Role: daemon.RoleSinks})
+	adm := kadm.NewClient(kgoClient(t, e.brokers))
+	waitFor(t, 60*time.Second, "two members sharing the partitions", func() (bool, error) {
+		gs, err := adm.DescribeGroups(ctx, "tideline-test-wh")
+		if err != nil {
+			return false, err
+		}
+		g := gs["tideline-test-wh"]
+		if len(g.Members) != 2 {
+			return false, nil
+		}
+		for _, m := range g.Members {
+			if ca, ok := m.Assigned.AsConsumer(); !ok || len(ca.Topics) == 0 || len(ca.Topics[0].Partitions) == 0 {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	e.exec("UPDATE public.items SET v = id * 2")
+	e.exec("DELETE FROM public.items WHERE id % 10 = 0")
+	wh, err := sql.Open("pgx", e.pg.DSN("warehouse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wh.Close()
+	waitFor(t, 60*time.Second, "the target to equal the source", func() (bool, error) {
+		var n, bad int
+		err := wh.QueryRow("SELECT count(*), count(*) FILTER (WHERE v <> id * 2 OR id % 10 = 0) FROM public.items").Scan(&n, &bad)
+		if err != nil {
+			return false, nil // not created yet
+		}
+		return n == 450 && bad == 0, nil
+	})
+	// The capture process runs no sink, the sink processes no capture.
+	if v, _ := metricValue(capture.metrics, "tideline_sink_batches_total"); v != 0 {
+		t.Errorf("the capture role applied %v batches", v)
+	}
+	if v, _ := metricValue(a.metrics, "tideline_events_total"); v != 0 {
+		t.Errorf("a sinks role captured %v events", v)
+	}
+	av, _ := metricValue(a.metrics, "tideline_sink_rows_total")
+	bv, _ := metricValue(b.metrics, "tideline_sink_rows_total")
+	if av == 0 || bv == 0 {
+		t.Errorf("rows applied by the two members: %v and %v; both should have worked", av, bv)
+	}
+	t.Logf("rows applied: %v by one member, %v by the other", av, bv)
+
+	// A sinks role cannot run the embedded broker.
+	bad := *cfg
+	bad.Kafka.Brokers = []string{config.Embedded}
+	if err := daemon.Run(ctx, &bad, nopLogger(), daemon.Options{Role: daemon.RoleSinks}); err == nil || !strings.Contains(err.Error(), "embedded") {
+		t.Errorf("role sinks with the embedded broker: %v", err)
+	}
+}
+
+// metricValue sums a metric's samples in a registry.
+func metricValue(m *observe.Metrics, name string) (float64, error) {
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		return 0, err
+	}
+	var v float64
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			if s.Counter != nil {
+				v += s.GetCounter().GetValue()
+			} else if s.Gauge != nil {
+				v += s.GetGauge().GetValue()
+			}
+		}
+	}
+	return v, nil
 }
