@@ -12,6 +12,9 @@
 //	extra       pg_recvlogical text vs binary=true on workload A
 //	M-A, M-B    the same two shapes on a throwaway MariaDB, Tideline vs
 //	            mariadb-binlog reading the same binlog range (mysql.go)
+//	S           the sink runtime applying -sink-rows changes from Kafka to
+//	            PostgreSQL, MariaDB and DuckDB, vs each target's own bulk
+//	            load of the same rows (sinks.go)
 //
 // Both readers of a workload read the same WAL: their slots are created at
 // the same point, before the load is generated, and each is timed from its
@@ -27,6 +30,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -50,6 +54,9 @@ type options struct {
 	skipMySQL   bool
 	mysqlBig    int
 	mysqlSingle int
+
+	sinkRows    int
+	sinkTargets string
 }
 
 func main() {
@@ -64,15 +71,21 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "latency: samples of the first part of the run that are dropped")
 	flag.IntVar(&o.latWorkers, "lat-workers", 4, "latency: generator connections")
 	flag.BoolVar(&o.skipLat, "skip-latency", false, "skip the latency measurement")
-	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each Tideline throughput run: FILE for workload A, FILE.single for B, FILE.mysql for M-A, FILE.mysql.single for M-B")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each Tideline throughput run: FILE for workload A, FILE.single for B, FILE.mysql for M-A, FILE.mysql.single for M-B, FILE.sink.TARGET for each sink run of S")
 	flag.StringVar(&o.compress, "compression", "lz4", "kafka.compression for Tideline (lz4, zstd, snappy, gzip, none)")
 	flag.BoolVar(&o.skipMySQL, "skip-mysql", false, "skip the MySQL (MariaDB) workloads M-A and M-B")
 	flag.IntVar(&o.mysqlBig, "mysql-big", 1_000_000, "workload M-A: rows inserted into MariaDB in transactions of -tx-size rows (0 skips it)")
 	flag.IntVar(&o.mysqlSingle, "mysql-single", defaultMySQLSingle, "workload M-B: single-row transactions on MariaDB (0 skips it)")
+	flag.IntVar(&o.sinkRows, "sink-rows", 1_000_000, "workload S: changes applied by each sink (4/5 inserts, 1/5 updates; 0 skips it)")
+	flag.StringVar(&o.sinkTargets, "sink-targets", strings.Join(sinkTargets, ","), "workload S: the targets, comma-separated (its MariaDB is its own: -skip-mysql does not skip it)")
 	flag.StringVar(&o.latencyCSV, "latency-csv", "", "write every latency sample (commit time, latency) to this CSV file")
 	flag.Parse()
 	if o.rounds < 1 || o.txSize < 1 || o.genConns < 1 || o.rate < 1 || o.latWorkers < 1 || o.duration <= o.warmup {
 		fmt.Fprintln(os.Stderr, "tideline-bench: -rounds, -tx-size, -gen-conns, -rate and -lat-workers must be positive, and -duration longer than -warmup")
+		os.Exit(2)
+	}
+	if _, err := parseSinkTargets(o.sinkTargets); err != nil {
+		fmt.Fprintln(os.Stderr, "tideline-bench:", err)
 		os.Exit(2)
 	}
 
@@ -130,6 +143,9 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if ctx.Err() == nil && !o.skipMySQL && (o.mysqlBig > 0 || o.mysqlSingle > 0) {
 		rep.mysql = b.workloadsMySQL(ctx)
+	}
+	if ctx.Err() == nil && o.sinkRows > 0 {
+		rep.sinks = b.workloadSinks(ctx)
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", ctx.Err())

@@ -16,6 +16,7 @@ type report struct {
 	single    throughput
 	latency   latency
 	mysql     mysqlReport
+	sinks     sinkReport
 
 	heapPeak, heapEnd uint64 // Go heap in use, bytes
 	vmHWM, vmRSS      uint64 // bytes
@@ -84,6 +85,7 @@ func (r *report) print(w io.Writer, o options) {
 	}
 
 	r.printMySQL(w, o)
+	r.printSinks(w)
 
 	if r.big.label != "" && r.big.err == nil {
 		fmt.Fprintf(w, "\nFor the record (pg_recvlogical only, workload A, proto_version 1): text %s changes/s, binary=true %s changes/s",
@@ -118,6 +120,7 @@ func (r *report) print(w io.Writer, o options) {
 			l.committed, l.genTook.Round(time.Millisecond), l.achieved(), l.rate, l.events, thousands(len(l.samples)), memNote(l.mem))
 	}
 	r.printMySQLDetails(w)
+	r.printSinkDetails(w)
 	fmt.Fprintf(w, "- Memory of this process over the whole run (Tideline + the kfake broker holding each workload's records + load generators): peak RSS (VmHWM) %.0f MiB, RSS at end %.0f MiB; Go heap in use (HeapInuse; never-written pages of a span are not resident, so it can exceed RSS) peak %.0f MiB, at end %.0f MiB\n",
 		mib(r.vmHWM), mib(r.vmRSS), mib(r.heapPeak), mib(r.heapEnd))
 	fmt.Fprintf(w, "- Whole run: %s\n", r.took.Round(time.Second))
@@ -276,4 +279,109 @@ func txCount(t mysqlThroughput) int {
 		return int(s1 - s0)
 	}
 	return 0
+}
+
+// printSinks prints workload S's table.
+func (r *report) printSinks(w io.Writer) {
+	s := r.sinks
+	if !s.ran {
+		return
+	}
+	fmt.Fprintf(w, "\nSinks: %s changes (%s inserts, %s updates) applied from Kafka (%d partitions) by the sink runtime (batch_records %d, batch_bytes %d MiB, linger %s), ",
+		thousands(s.changes), thousands(s.creates), thousands(s.updates), sinkPartitions, s.settings.BatchRecords, s.settings.BatchBytes>>20, s.settings.Linger)
+	fmt.Fprintf(w, "each target from offset 0 in a fresh consumer group, timed from the runtime's start until the group committed the end of every partition; ")
+	fmt.Fprintf(w, "beside it, the target's own bulk load of the %s resulting rows from a CSV file into a fresh table with the same columns and primary key (no _tideline_ columns). ", thousands(s.creates))
+	fmt.Fprintf(w, "Ratio = sink changes/s / bulk rows/s. The targets run on this machine and share its %d CPUs with the sink and the broker.\n\n", r.facts.cpus)
+	fmt.Fprintf(w, "| Target | Sink changes/s (time) | Bulk load rows/s (time) | Ratio | Target | Met |\n")
+	fmt.Fprintf(w, "|---|---:|---:|---:|---|---|\n")
+	if s.err != nil {
+		fmt.Fprintf(w, "| not run: %s | - | - | - | - | - |\n", strings.ReplaceAll(s.err.Error(), "|", "/"))
+		return
+	}
+	for _, t := range s.targets {
+		target := fmt.Sprintf(">= %.1fx", sinkMinRatio)
+		if t.minRate > 0 {
+			target = fmt.Sprintf(">= %s changes/s, >= %.1fx", thousands(int(t.minRate)), sinkMinRatio)
+		}
+		label := t.label
+		if t.version != "" {
+			v, _, _ := strings.Cut(strings.Fields(t.version)[0], "-")
+			label += " " + v
+		}
+		if t.skipped != "" || t.err != nil {
+			why := t.skipped
+			if t.err != nil {
+				why = t.err.Error()
+			}
+			fmt.Fprintf(w, "| %s: not run: %s | - | - | - | %s | - |\n", label, strings.ReplaceAll(why, "|", "/"), target)
+			continue
+		}
+		sr, br := t.sink.rate(s.changes), t.bulk.rate(s.creates)
+		ratio := "-"
+		var met []string
+		if sr > 0 && t.minRate > 0 {
+			met = append(met, "rate "+yesNo(sr >= t.minRate))
+		}
+		if sr > 0 && br > 0 {
+			ratio = fmt.Sprintf("%.2fx", sr/br)
+			if t.minRate > 0 {
+				met = append(met, "ratio "+yesNo(sr/br >= sinkMinRatio))
+			} else {
+				met = append(met, yesNo(sr/br >= sinkMinRatio))
+			}
+		}
+		metCell := "-"
+		if len(met) > 0 {
+			metCell = strings.Join(met, ", ")
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", label, rateTook(t.sink, s.changes), rateTook(t.bulk, s.creates)+", "+t.bulkHow, ratio, target, metCell)
+	}
+	for _, t := range s.targets {
+		if t.check != "" {
+			fmt.Fprintf(w, "\nWARNING: %s: %s.\n", t.label, t.check)
+		}
+	}
+}
+
+// rateTook is "rate (time)" for a table cell.
+func rateTook(m measure, n int) string {
+	if m.err != nil {
+		return "error"
+	}
+	r := 10 * time.Millisecond
+	if m.took < time.Second {
+		r = time.Millisecond
+	}
+	return fmt.Sprintf("%s (%s)", rateCell(m, n), m.took.Round(r))
+}
+
+// printSinkDetails prints workload S's detail lines.
+func (r *report) printSinkDetails(w io.Writer) {
+	s := r.sinks
+	if !s.ran {
+		return
+	}
+	if s.err != nil {
+		fmt.Fprintf(w, "- S: %v\n", s.err)
+		return
+	}
+	fmt.Fprintf(w, "- S: %s change records (%.1f MiB of keys and values, creates in transactions of %d, updates of random ids one a transaction) produced before timing in %s; CSV of the %s final rows (%.1f MiB) written in %s\n",
+		thousands(s.changes), float64(s.kafkaBytes)/(1<<20), sinkTxRows, s.produceTook.Round(time.Millisecond), thousands(s.creates), float64(s.csvBytes)/(1<<20), s.csvTook.Round(time.Millisecond))
+	for _, t := range s.targets {
+		if t.skipped != "" || t.err != nil {
+			continue
+		}
+		fmt.Fprintf(w, "- S %s: sink %s", t.label, took(t.sink))
+		if t.sink.err == nil {
+			fmt.Fprintf(w, ", %.0f batches, %.1f s inside Sink.Apply (%.0f%% of the run)", t.batches, t.applySecs, 100*t.applySecs/t.sink.took.Seconds())
+			fmt.Fprintf(w, ", %s rows in the table at the end", thousands(int(t.sinkRows)))
+			if t.check == "" {
+				fmt.Fprintf(w, " (count and sum(qty) as expected)")
+			} else {
+				fmt.Fprintf(w, " (WARNING: %s)", t.check)
+			}
+			fmt.Fprintf(w, "%s; bulk load (%s) %s, %s rows", memNote(t.sink.mem), t.bulkHow, took(t.bulk), thousands(int(t.bulkRows)))
+		}
+		fmt.Fprintln(w)
+	}
 }
