@@ -35,7 +35,7 @@ func rootCmd() *cobra.Command {
 }
 
 func runCmd() *cobra.Command {
-	var path, role string
+	var path, role, instance string
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the pipeline until SIGINT/SIGTERM",
@@ -52,11 +52,12 @@ func runCmd() *cobra.Command {
 			defer log.Sync() //nolint:errcheck // stderr
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return daemon.Run(ctx, cfg, log, daemon.Options{Role: role})
+			return daemon.Run(ctx, cfg, log, daemon.Options{Role: role, Instance: instance})
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "tideline.yaml", "config file")
 	cmd.Flags().StringVar(&role, "role", daemon.RoleAll, "what to run: all (capture and sinks), capture, or sinks (consumer-group members; add instances to scale out)")
+	cmd.Flags().StringVar(&instance, "instance", "", "this process's name among its sinks' group members (default: the host name); two processes running the same sinks need different ones")
 	return cmd
 }
 

@@ -23,27 +23,19 @@ type event struct {
 	key    []byte
 	order  []byte
 	tsMs   int64
-	values map[string]json.RawMessage // after image, or before for a delete
+	fields []field // after image, or before for a delete
 	rec    *kgo.Record
-}
-
-// envelope is the part of the JSON value a sink reads.
-type envelope struct {
-	Before map[string]json.RawMessage `json:"before"`
-	After  map[string]json.RawMessage `json:"after"`
-	Source struct {
-		TsMs int64 `json:"ts_ms"`
-	} `json:"source"`
-	Op string `json:"op"`
 }
 
 // errPoison marks a record the runtime cannot read at all.
 var errPoison = errors.New("not a Tideline change record")
 
-// decode reads one record. A tombstone (nil value) returns (nil, nil).
-func decode(ctx context.Context, r *kgo.Record, shape ShapeFunc) (*event, error) {
+// decode reads one record, appending its row image's fields to scratch
+// (shared by a batch's events, so they cost no allocation each). A
+// tombstone (nil value) returns a nil event.
+func decode(ctx context.Context, r *kgo.Record, shape ShapeFunc, scratch []field) (*event, []field, error) {
 	if r.Value == nil {
-		return nil, nil
+		return nil, scratch, nil
 	}
 	var order, id []byte
 	for _, h := range r.Headers {
@@ -55,35 +47,36 @@ func decode(ctx context.Context, r *kgo.Record, shape ShapeFunc) (*event, error)
 		}
 	}
 	if len(order) == 0 || len(id) == 0 {
-		return nil, fmt.Errorf("%w: no %s/%s header", errPoison, codec.OrderHeader, codec.SchemaHeader)
+		return nil, scratch, fmt.Errorf("%w: no %s/%s header", errPoison, codec.OrderHeader, codec.SchemaHeader)
 	}
-	var env envelope
-	if err := json.Unmarshal(r.Value, &env); err != nil {
-		return nil, fmt.Errorf("%w: value is not a JSON envelope: %v", errPoison, err)
+	env, scratch, err := parseEnvelope(r.Value, scratch)
+	if err != nil {
+		return nil, scratch, fmt.Errorf("%w: value is not a JSON envelope: %v", errPoison, err)
 	}
 	t, err := shape(ctx, id)
 	if err != nil {
-		return nil, err
+		return nil, scratch, err
 	}
-	ev := &event{shape: t, key: r.Key, order: order, tsMs: env.Source.TsMs, rec: r}
-	switch env.Op {
+	ev := &event{shape: t, key: r.Key, order: order, tsMs: env.tsMs, rec: r}
+	has := false
+	switch env.op {
 	case "c", "u", "r":
-		ev.op, ev.values = change.Op(env.Op[0]), env.After
+		ev.op, ev.fields, has = change.Op(env.op[0]), env.after, env.hasA
 	case "d":
-		ev.op, ev.values = change.OpDelete, env.Before
+		ev.op, ev.fields, has = change.OpDelete, env.before, env.hasB
 	case "t":
 		ev.op = change.OpTruncate
-		return ev, nil
+		return ev, scratch, nil
 	default:
-		return nil, fmt.Errorf("%w: op %q", errPoison, env.Op)
+		return nil, scratch, fmt.Errorf("%w: op %q", errPoison, env.op)
 	}
-	if ev.values == nil {
-		return nil, fmt.Errorf("%w: op %q without its row image", errPoison, env.Op)
+	if !has {
+		return nil, scratch, fmt.Errorf("%w: op %q without its row image", errPoison, env.op)
 	}
 	if t.HasKey && len(ev.key) == 0 {
-		return nil, fmt.Errorf("%w: a change of keyed table %s without a record key", errPoison, t.Topic)
+		return nil, scratch, fmt.Errorf("%w: a change of keyed table %s without a record key", errPoison, t.Topic)
 	}
-	return ev, nil
+	return ev, scratch, nil
 }
 
 // folder folds one topic's events per key, in log order.
@@ -98,6 +91,8 @@ type folder struct {
 	// keyless counts rows of tables without a key (they cannot be folded).
 	keyless int
 	minTs   int64
+	// tb is the batch built from the folded rows, once folding is done.
+	tb *TableBatch
 }
 
 type folded struct {
@@ -106,7 +101,7 @@ type folded struct {
 	key     []byte
 	order   []byte
 	shape   *change.Table
-	values  map[string]json.RawMessage
+	fields  []field
 	records []*kgo.Record
 }
 
@@ -154,21 +149,34 @@ func (f *folder) add(ev *event) {
 	}
 	old, ok := f.rows[k]
 	if !ok {
-		r := &folded{mapKey: k, op: ev.op, key: ev.key, order: ev.order, shape: ev.shape, values: ev.values, records: []*kgo.Record{ev.rec}}
+		r := &folded{mapKey: k, op: ev.op, key: ev.key, order: ev.order, shape: ev.shape, fields: ev.fields, records: []*kgo.Record{ev.rec}}
 		f.rows[k] = r
 		f.order = append(f.order, r)
 		return
 	}
+	fields := ev.fields
 	if ev.op != change.OpDelete && old.op != change.OpDelete {
 		// A column the newer change does not carry (an unchanged TOASTed
 		// value) still has the value the older change gave it.
-		for name, v := range old.values {
-			if nv, ok := ev.values[name]; (!ok || isMarker(nv)) && !isMarker(v) {
-				ev.values[name] = v
+		carried := map[string]int{}
+		for i, f := range ev.fields {
+			carried[string(f.name)] = i
+		}
+		fields = append([]field(nil), ev.fields...)
+		for _, f := range old.fields {
+			if isMarker(f.raw) {
+				continue
+			}
+			i, ok := carried[string(f.name)]
+			switch {
+			case !ok:
+				fields = append(fields, f)
+			case isMarker(fields[i].raw):
+				fields[i] = f
 			}
 		}
 	}
-	old.op, old.order, old.shape, old.values = ev.op, ev.order, ev.shape, ev.values
+	old.op, old.order, old.shape, old.fields = ev.op, ev.order, ev.shape, fields
 	old.records = append(old.records, ev.rec)
 }
 
@@ -196,16 +204,20 @@ func (f *folder) batch() *TableBatch {
 	}
 	t := *newest
 	t.Columns = cols
+	index := make(map[string]int, len(cols))
+	for i, c := range cols {
+		index[c.Name] = i
+	}
 	tb := &TableBatch{Table: &t, Topic: f.topic, Truncate: f.truncate, Rows: make([]Row, 0, len(f.order))}
-	for _, r := range f.order {
-		row := Row{Op: r.op, Key: r.key, Order: r.order, Values: make([]json.RawMessage, len(cols)), Records: r.records}
-		for i, c := range cols {
-			if r.op == change.OpDelete && !c.Key {
+	values := make([]json.RawMessage, len(cols)*len(f.order))
+	for n, r := range f.order {
+		row := Row{Op: r.op, Key: r.key, Order: r.order, Values: values[n*len(cols) : (n+1)*len(cols) : (n+1)*len(cols)], Records: r.records}
+		for _, fl := range r.fields {
+			i, ok := index[string(fl.name)]
+			if !ok || (r.op == change.OpDelete && !cols[i].Key) {
 				continue // a delete only needs to find the row
 			}
-			if v, ok := r.values[c.Name]; ok {
-				row.Values[i] = v
-			}
+			row.Values[i] = fl.raw
 		}
 		tb.Rows = append(tb.Rows, row)
 	}

@@ -28,9 +28,10 @@ func ev(op change.Op, t *change.Table, order string, partition int32, vals map[s
 	if op == change.OpTruncate {
 		return e
 	}
-	e.values = map[string]json.RawMessage{}
-	for k, v := range vals {
-		e.values[k] = json.RawMessage(v)
+	for _, c := range t.Columns {
+		if v, ok := vals[c.Name]; ok {
+			e.fields = append(e.fields, field{name: []byte(c.Name), raw: json.RawMessage(v)})
+		}
 	}
 	e.key = []byte(`{"id":` + vals["id"] + `}`)
 	return e

@@ -7,12 +7,15 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/tideline-cdc/tideline/pkg/change"
 	"github.com/tideline-cdc/tideline/pkg/observe"
@@ -24,6 +27,11 @@ type Config struct {
 	Sink string
 	// Group is the Kafka consumer group (tideline-<name>-<sink>).
 	Group string
+	// InstanceID, when set, makes this member static (KIP-345): a
+	// restarted process takes its predecessor's seat at once instead of
+	// waiting for the group to notice the old one died. Each running
+	// member of a group needs its own.
+	InstanceID string
 	// TopicPrefix is the pipeline's topic prefix.
 	TopicPrefix string
 	// Tables are schema.table (db.table) patterns of the captured tables
@@ -120,11 +128,19 @@ func (r *Runtime) Run(ctx context.Context) error {
 		// A broker holds an empty fetch this long; short, so a poll that
 		// gave up (the linger passed) is not followed by a stale wait.
 		kgo.FetchMaxWait(time.Second),
-		// A killed member's partitions move after this long.
+		// A killed member's partitions move after this long, and a
+		// rebalance waits at most this long for members to rejoin (a
+		// restarted sink waits that long for its predecessor's seat).
+		// The poller allows rebalances at least every few seconds, so a
+		// live member always rejoins in time.
 		kgo.SessionTimeout(10*time.Second), kgo.HeartbeatInterval(time.Second),
+		kgo.RebalanceTimeout(20*time.Second),
 		// New tables make new topics: look for them often.
 		kgo.MetadataMinAge(time.Second), kgo.MetadataMaxAge(10*time.Second),
 	)
+	if r.cfg.InstanceID != "" {
+		opts = append(opts, kgo.InstanceID(r.cfg.InstanceID))
+	}
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return fmt.Errorf("sink %s: kafka client: %w", r.cfg.Sink, err)
@@ -136,38 +152,102 @@ func (r *Runtime) Run(ctx context.Context) error {
 		return fmt.Errorf("sink %s: dead-letter topic: %w", r.cfg.Sink, err)
 	}
 	r.log.Info("sink started", zap.String("group", r.cfg.Group), zap.Strings("tables", r.cfg.Tables), zap.String("dlq", r.cfg.DLQTopic))
-	for {
-		recs, err := r.poll(ctx, cl)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+
+	// Two stages: the poller reads and decodes batch N+1 while the
+	// applier writes batch N (decoding is CPU in this process, applying
+	// mostly waits on the target). At most one prepared batch waits.
+	//
+	// Rebalances: BlockRebalanceOnPoll holds them off from a poll until
+	// AllowRebalance. The poller allows them only when the applier has
+	// committed everything polled (idle), so a partition is never revoked
+	// while its records are unapplied or uncommitted; under steady load it
+	// pauses to get there at least every allowEvery.
+	const allowEvery = 2 * time.Second
+	g, gctx := errgroup.WithContext(ctx)
+	work := make(chan *prepared, 1)
+	var pending atomic.Int64
+	finished := make(chan struct{}, 1)
+	idle := func() error {
+		for pending.Load() > 0 {
+			select {
+			case <-finished:
+			case <-gctx.Done():
+				return gctx.Err()
 			}
-			return err
 		}
-		if len(recs) > 0 {
-			if err := r.handle(ctx, cl, recs); err != nil {
-				if ctx.Err() != nil {
-					return nil // not committed: replayed on the next start
+		return nil
+	}
+	g.Go(func() error {
+		defer close(work)
+		lastAllow := time.Now()
+		for {
+			if time.Since(lastAllow) >= allowEvery {
+				if err := idle(); err != nil {
+					return err
 				}
+				cl.AllowRebalance()
+				lastAllow = time.Now()
+			}
+			recs, hw, err := r.poll(gctx, cl)
+			if err != nil {
 				return err
 			}
-			if err := r.commit(ctx, cl, recs); err != nil {
-				if ctx.Err() != nil {
-					return nil
+			if len(recs) == 0 {
+				if err := idle(); err != nil {
+					return err
 				}
+				cl.AllowRebalance()
+				lastAllow = time.Now()
+				continue
+			}
+			w, err := r.prepare(gctx, recs)
+			if err != nil {
+				return err
+			}
+			w.hw = hw
+			pending.Add(1)
+			select {
+			case work <- w:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+	})
+	g.Go(func() error {
+		for w := range work {
+			if err := r.handle(gctx, cl, w); err != nil {
+				return err // not committed: replayed by the next owner
+			}
+			if err := r.commit(gctx, cl, w.recs); err != nil {
 				return err
 			}
 			r.batches.Inc()
+			for topic, parts := range w.hw {
+				for p, v := range parts {
+					r.mark(r.hw, topic, p, v)
+				}
+			}
+			r.updateLag()
+			pending.Add(-1)
+			select {
+			case finished <- struct{}{}:
+			default:
+			}
 		}
-		cl.AllowRebalance()
-		r.updateLag()
+		return nil
+	})
+	err = g.Wait()
+	if ctx.Err() != nil {
+		return nil // stopped: what was not committed is replayed on the next start
 	}
+	return err
 }
 
 // poll gathers one batch: it waits for a first record, then keeps polling
 // until the batch is full or Linger has passed since that first record.
-func (r *Runtime) poll(ctx context.Context, cl *kgo.Client) ([]*kgo.Record, error) {
+func (r *Runtime) poll(ctx context.Context, cl *kgo.Client) ([]*kgo.Record, map[string]map[int32]int64, error) {
 	var recs []*kgo.Record
+	hw := map[string]map[int32]int64{}
 	size := 0
 	var deadline time.Time
 	for {
@@ -182,16 +262,25 @@ func (r *Runtime) poll(ctx context.Context, cl *kgo.Client) ([]*kgo.Record, erro
 		fs := cl.PollRecords(pctx, r.cfg.BatchRecords-len(recs))
 		cancel()
 		if fs.IsClientClosed() || ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		}
+		var fenced error
 		fs.EachError(func(topic string, p int32, err error) {
+			if errors.Is(err, kerr.FencedInstanceID) {
+				fenced = err
+				return
+			}
 			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 				r.log.Warn("fetch failed; retrying", zap.String("topic", topic), zap.Int32("partition", p), zap.Error(err))
 			}
 		})
+		if fenced != nil {
+			return nil, nil, fmt.Errorf("sink %s: another member of group %s uses the instance id %q (%w): give each instance its own (tideline run --instance)",
+				r.cfg.Sink, r.cfg.Group, r.cfg.InstanceID, fenced)
+		}
 		fs.EachPartition(func(p kgo.FetchTopicPartition) {
 			if p.HighWatermark > 0 {
-				r.mark(r.hw, p.Topic, p.Partition, p.HighWatermark)
+				r.mark(hw, p.Topic, p.Partition, p.HighWatermark)
 			}
 		})
 		n := len(recs)
@@ -203,10 +292,10 @@ func (r *Runtime) poll(ctx context.Context, cl *kgo.Client) ([]*kgo.Record, erro
 			deadline = time.Now().Add(r.cfg.Linger)
 		}
 		if len(recs) == 0 {
-			return nil, nil
+			return nil, hw, nil
 		}
 		if len(recs) >= r.cfg.BatchRecords || size >= r.cfg.BatchBytes || !time.Now().Before(deadline) || len(recs) == n {
-			return recs, nil
+			return recs, hw, nil
 		}
 	}
 }
@@ -242,35 +331,55 @@ type rejected struct {
 	err error
 }
 
-// handle decodes, folds and applies one batch, topic by topic; the records
-// a sink rejects are written to the dead-letter topic before it returns.
-func (r *Runtime) handle(ctx context.Context, cl *kgo.Client, recs []*kgo.Record) error {
-	folders := map[string]*folder{}
-	var topics []string
-	var dead []rejected
+// prepared is a polled batch, decoded and folded per topic.
+type prepared struct {
+	recs    []*kgo.Record
+	topics  []string
+	folders map[string]*folder
+	dead    []rejected // records that could not be read
+	hw      map[string]map[int32]int64
+}
+
+// prepare decodes and folds a polled batch.
+func (r *Runtime) prepare(ctx context.Context, recs []*kgo.Record) (*prepared, error) {
+	w := &prepared{recs: recs, folders: map[string]*folder{}}
+	scratch := make([]field, 0, 16*len(recs))
 	for _, rec := range recs {
-		ev, err := r.decodeRetrying(ctx, rec)
+		var ev *event
+		var err error
+		ev, scratch, err = r.decodeRetrying(ctx, rec, scratch)
 		if err != nil {
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return nil, ctx.Err()
 			}
-			dead = append(dead, rejected{rec, err})
+			w.dead = append(w.dead, rejected{rec, err})
 			continue
 		}
 		if ev == nil {
 			continue // a tombstone: the delete before it did the work
 		}
-		f := folders[rec.Topic]
+		f := w.folders[rec.Topic]
 		if f == nil {
 			f = newFolder(rec.Topic)
-			folders[rec.Topic] = f
-			topics = append(topics, rec.Topic)
+			w.folders[rec.Topic] = f
+			w.topics = append(w.topics, rec.Topic)
 		}
 		f.add(ev)
 	}
-	for _, topic := range topics {
-		f := folders[topic]
-		tb := f.batch()
+	for _, t := range w.topics {
+		f := w.folders[t]
+		f.tb = f.batch()
+	}
+	return w, nil
+}
+
+// handle applies a prepared batch, topic by topic; the records a sink
+// rejects are written to the dead-letter topic before it returns.
+func (r *Runtime) handle(ctx context.Context, cl *kgo.Client, w *prepared) error {
+	dead := w.dead
+	for _, topic := range w.topics {
+		f := w.folders[topic]
+		tb := f.tb
 		label := tableLabel(tb.Table)
 		r.tables[topic] = label
 		start := time.Now()
@@ -309,21 +418,21 @@ func (r *Runtime) handle(ctx context.Context, cl *kgo.Client, recs []*kgo.Record
 // decodeRetrying decodes rec; a shape it cannot read yet (the schemas
 // topic unreachable) is retried, a record it cannot read at all is
 // returned as an error for the dead-letter topic.
-func (r *Runtime) decodeRetrying(ctx context.Context, rec *kgo.Record) (*event, error) {
+func (r *Runtime) decodeRetrying(ctx context.Context, rec *kgo.Record, scratch []field) (*event, []field, error) {
 	bo := newBackoff()
 	for {
-		ev, err := decode(ctx, rec, r.d.Shape)
+		ev, out, err := decode(ctx, rec, r.d.Shape, scratch)
 		if err == nil || errors.Is(err, errPoison) || errors.Is(err, ErrUnknownShape) {
-			return ev, err
+			return ev, out, err
 		}
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, out, ctx.Err()
 		}
 		r.retries.Inc()
 		wait := bo.NextBackOff()
 		r.log.Warn("reading a table shape failed; retrying", zap.String("topic", rec.Topic), zap.Error(err), zap.Duration("retry_in", wait))
 		if err := sleep(ctx, wait); err != nil {
-			return nil, err
+			return nil, out, err
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -100,6 +101,10 @@ type Options struct {
 	Metrics *observe.Metrics
 	// Role is all (default), capture or sinks.
 	Role string
+	// Instance names this process among the members of the sinks'
+	// consumer groups (static membership); default the host name. Two
+	// processes running the same sinks need different ones.
+	Instance string
 }
 
 // Roles split a config between processes.
@@ -131,6 +136,14 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) er
 		return errors.New("role sinks: the config has no sinks")
 	case role == RoleSinks && cfg.Kafka.IsEmbedded():
 		return errors.New("role sinks: kafka.brokers is [embedded], which runs in the capture process: list the brokers to read from")
+	}
+	instance := o.Instance
+	if instance == "" {
+		if h, err := os.Hostname(); err == nil && h != "" {
+			instance = h
+		} else {
+			instance = "tideline"
+		}
 	}
 	brokers := cfg.Kafka.Brokers
 	var topicExtra map[string]string
@@ -190,7 +203,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) er
 			}
 			sinks = append(sinks, s)
 			runtimes = append(runtimes, apply.New(apply.Config{
-				Sink: sc.Name, Group: sc.Group, TopicPrefix: cfg.Kafka.TopicPrefix, Tables: sc.Tables,
+				Sink: sc.Name, Group: sc.Group, InstanceID: sc.Group + "-" + instance, TopicPrefix: cfg.Kafka.TopicPrefix, Tables: sc.Tables,
 				DLQTopic:     cfg.Kafka.TopicPrefix + ".dlq." + sc.Name,
 				BatchRecords: sc.BatchRecords, BatchBytes: int(sc.BatchBytes), Linger: sc.Linger,
 			}, s, apply.Deps{

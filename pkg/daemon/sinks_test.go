@@ -263,6 +263,8 @@ func TestSinksKillNineLoop(t *testing.T) {
 				break
 			} else if time.Now().After(deadline) {
 				t.Errorf("%s differs from the source (- source only, + target only):\n%s", name, d)
+				l := p.log()
+				t.Logf("tideline's log (end):\n%s", l[max(0, len(l)-6000):])
 				break
 			}
 			time.Sleep(500 * time.Millisecond)
@@ -296,8 +298,8 @@ func TestRolesAndScaleOut(t *testing.T) {
 		t.Errorf("group %q, want tideline-test-wh", cfg.Sinks[0].Group)
 	}
 	capture := e.start(cfg, daemon.Options{Role: daemon.RoleCapture})
-	a := e.start(cfg, daemon.Options{Role: daemon.RoleSinks})
-	b := e.start(cfg, daemon.Options{Role: daemon.RoleSinks})
+	a := e.start(cfg, daemon.Options{Role: daemon.RoleSinks, Instance: "a"})
+	b := e.start(cfg, daemon.Options{Role: daemon.RoleSinks, Instance: "b"})
 	adm := kadm.NewClient(kgoClient(t, e.brokers))
 	waitFor(t, 60*time.Second, "two members sharing the partitions", func() (bool, error) {
 		gs, err := adm.DescribeGroups(ctx, "tideline-test-wh")

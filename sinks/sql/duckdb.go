@@ -92,6 +92,13 @@ func (d *DuckDB) open(ctx context.Context) error {
 		// dialects store.
 		_, err = conn.ExecContext(ctx, "SET TimeZone = 'UTC'")
 	}
+	if err == nil {
+		// DuckDB checkpoints after every commit that grew the WAL past
+		// 16 MB, rewriting the row groups a batch of updates touched:
+		// that was most of a batch's time. Let the WAL grow further; it
+		// is checkpointed when the file is closed anyway.
+		_, err = conn.ExecContext(ctx, "SET checkpoint_threshold = '512MB'")
+	}
 	if err == nil && d.jsonType == "" {
 		_, jerr := conn.ExecContext(ctx, "SELECT CAST('{}' AS JSON)")
 		switch {

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/tideline-cdc/tideline/pkg/apply"
 	"github.com/tideline-cdc/tideline/pkg/change"
@@ -41,7 +42,7 @@ func NewPostgres(ctx context.Context, cfg Config, log *zap.Logger) (*Postgres, e
 	if err != nil {
 		return nil, fmt.Errorf("sink %s: dsn %s: %w", cfg.Name, config.Redact(cfg.DSN), err)
 	}
-	pc.MaxConns = 2
+	pc.MaxConns = 3 // two writers of a big batch, and DDL
 	pc.ConnConfig.RuntimeParams["application_name"] = "tideline-sink-" + cfg.Name
 	pc.ConnConfig.RuntimeParams["TimeZone"] = "UTC"
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
@@ -285,12 +286,39 @@ func (p *Postgres) Apply(ctx context.Context, b *apply.TableBatch) error {
 		staged[i] = vals
 	}
 
+	all := make([]int, len(b.Rows))
+	for i := range all {
+		all[i] = i
+	}
+	if b.Truncate != nil || len(b.Rows) < parallelRows {
+		return p.write(ctx, tg, b, all, staged)
+	}
+	// A big batch is written by two transactions at once, on two
+	// connections: the keys are distinct, so they cannot conflict, and
+	// PostgreSQL then uses both cores. If one fails, the other may have
+	// committed: the retry rewrites nothing it wrote (position guard).
+	halves := [2][]int{}
+	for _, i := range all {
+		halves[i%2] = append(halves[i%2], i)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, h := range halves {
+		g.Go(func() error { return p.write(gctx, tg, b, h, staged) })
+	}
+	return g.Wait()
+}
+
+// parallelRows is the batch size from which two transactions share it.
+const parallelRows = 2000
+
+// write applies rows idx of b (and its truncate) in one transaction.
+func (p *Postgres) write(ctx context.Context, tg target, b *apply.TableBatch, idx []int, staged [][]any) error {
 	tx, err := p.pool.Begin(ctx)
 	if err != nil {
 		return classifyPG(err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after Commit it is a no-op
-	keep, err := p.unburied(ctx, tx, tg, b)
+	keep, err := p.unburied(ctx, tx, tg, b, idx)
 	if err != nil {
 		return err
 	}
@@ -300,16 +328,16 @@ func (p *Postgres) Apply(ctx context.Context, b *apply.TableBatch) error {
 		}
 	}
 	for _, group := range groupByPresence(b.Rows) {
-		var idx []int
+		var rows []int
 		for _, i := range group {
 			if keep[i] {
-				idx = append(idx, i)
+				rows = append(rows, i)
 			}
 		}
-		if len(idx) == 0 {
+		if len(rows) == 0 {
 			continue
 		}
-		if err := p.applyGroup(ctx, tx, tg, b, idx, staged); err != nil {
+		if err := p.applyGroup(ctx, tx, tg, b, rows, staged); err != nil {
 			return err
 		}
 	}
@@ -319,11 +347,12 @@ func (p *Postgres) Apply(ctx context.Context, b *apply.TableBatch) error {
 	return nil
 }
 
-// unburied returns which rows are newer than their key's tombstone and
-// the table's last truncate: older ones were deleted after they happened.
-func (p *Postgres) unburied(ctx context.Context, tx pgx.Tx, tg target, b *apply.TableBatch) ([]bool, error) {
-	keys := make([]string, 0, len(b.Rows)+1)
-	for i := range b.Rows {
+// unburied returns which of rows idx are newer than their key's tombstone
+// and the table's last truncate: older ones were deleted after they
+// happened. Rows not in idx are never kept.
+func (p *Postgres) unburied(ctx context.Context, tx pgx.Tx, tg target, b *apply.TableBatch, idx []int) ([]bool, error) {
+	keys := make([]string, 0, len(idx)+1)
+	for _, i := range idx {
 		keys = append(keys, string(b.Rows[i].Key))
 	}
 	keys = append(keys, truncateKey)
@@ -342,7 +371,12 @@ func (p *Postgres) unburied(ctx context.Context, tx pgx.Tx, tg target, b *apply.
 	if err := rows.Err(); err != nil {
 		return nil, classifyPG(err)
 	}
-	return filterBuried(b, buried), nil
+	keep := filterBuried(b, buried)
+	in := make([]bool, len(b.Rows))
+	for _, i := range idx {
+		in[i] = keep[i]
+	}
+	return in, nil
 }
 
 // filterBuried keeps the rows newer than their key's tombstone and the
@@ -382,23 +416,28 @@ func (p *Postgres) truncate(ctx context.Context, tx pgx.Tx, tg target, order []b
 // them: deletes, then upserts.
 func (p *Postgres) applyGroup(ctx context.Context, tx pgx.Tx, tg target, b *apply.TableBatch, idx []int, staged [][]any) error {
 	pres := present(&b.Rows[idx[0]])
-	cols := []string{"_k", "_pos", "_op"}
 	var tcols []change.Column
 	for j, c := range b.Table.Columns {
 		if pres[j] {
-			cols = append(cols, fmt.Sprintf("c%d", j))
 			tcols = append(tcols, c)
 		}
 	}
+	// One staging table per width, per session, emptied at each commit:
+	// no catalog churn per batch.
+	stage := fmt.Sprintf("_tl_stage_%d", len(tcols))
+	cols := []string{"_k", "_pos", "_op"}
+	for n := range tcols {
+		cols = append(cols, fmt.Sprintf("c%d", n))
+	}
 	var ddl strings.Builder
-	ddl.WriteString(`DROP TABLE IF EXISTS pg_temp._tl_stage; CREATE TEMP TABLE _tl_stage (`)
+	fmt.Fprintf(&ddl, "CREATE TEMP TABLE IF NOT EXISTS %s (", stage)
 	for i, c := range cols {
 		if i > 0 {
 			ddl.WriteString(", ")
 		}
 		fmt.Fprintf(&ddl, "%s text", c)
 	}
-	ddl.WriteString(") ON COMMIT DROP")
+	ddl.WriteString(") ON COMMIT DELETE ROWS")
 	if _, err := tx.Exec(ctx, ddl.String()); err != nil {
 		return classifyPG(err)
 	}
@@ -406,7 +445,7 @@ func (p *Postgres) applyGroup(ctx context.Context, tx pgx.Tx, tg target, b *appl
 	for n, i := range idx {
 		src[n] = staged[i]
 	}
-	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"_tl_stage"}, cols, pgx.CopyFromRows(src)); err != nil {
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{stage}, cols, pgx.CopyFromRows(src)); err != nil {
 		return classifyPG(err)
 	}
 
@@ -421,13 +460,13 @@ func (p *Postgres) applyGroup(ctx context.Context, tx pgx.Tx, tg target, b *appl
 		return apply.Reject(fmt.Errorf("changes of %s lack key columns", tg.pg()))
 	}
 	if !p.cfg.SoftDelete {
-		del := fmt.Sprintf("DELETE FROM %s t USING _tl_stage s WHERE s._op = 'd' AND %s AND t.%s < s._pos",
-			tg.pg(), strings.Join(keyMatch, " AND "), colPosition)
+		del := fmt.Sprintf("DELETE FROM %s t USING %s s WHERE s._op = 'd' AND %s AND t.%s < s._pos",
+			tg.pg(), stage, strings.Join(keyMatch, " AND "), colPosition)
 		if _, err := tx.Exec(ctx, del); err != nil {
 			return classifyPG(err)
 		}
-		tomb := fmt.Sprintf(`INSERT INTO %[1]s AS x (table_name, key, position) SELECT $1, s._k, s._pos FROM _tl_stage s WHERE s._op = 'd'
-			ON CONFLICT (table_name, key) DO UPDATE SET position = EXCLUDED.position WHERE x.position < EXCLUDED.position`, tg.pgTombstones())
+		tomb := fmt.Sprintf(`INSERT INTO %[1]s AS x (table_name, key, position) SELECT $1, s._k, s._pos FROM %[2]s s WHERE s._op = 'd'
+			ON CONFLICT (table_name, key) DO UPDATE SET position = EXCLUDED.position WHERE x.position < EXCLUDED.position`, tg.pgTombstones(), stage)
 		if _, err := tx.Exec(ctx, tomb, tg.name); err != nil {
 			return classifyPG(err)
 		}
@@ -455,9 +494,9 @@ func (p *Postgres) applyGroup(ctx context.Context, tx pgx.Tx, tg target, b *appl
 		sets = append(sets, fmt.Sprintf("%[1]s = EXCLUDED.%[1]s", colDeleted))
 		where = "true"
 	}
-	up := fmt.Sprintf(`INSERT INTO %s AS t (%s) SELECT %s FROM _tl_stage s WHERE %s
+	up := fmt.Sprintf(`INSERT INTO %s AS t (%s) SELECT %s FROM %s s WHERE %s
 		ON CONFLICT (%s) DO UPDATE SET %s WHERE t.%s < EXCLUDED.%s`,
-		tg.pg(), strings.Join(names, ", "), strings.Join(values, ", "), where,
+		tg.pg(), strings.Join(names, ", "), strings.Join(values, ", "), stage, where,
 		strings.Join(keys, ", "), strings.Join(sets, ", "), colPosition, colPosition)
 	if _, err := tx.Exec(ctx, up); err != nil {
 		return classifyPG(err)

@@ -1,0 +1,302 @@
+package apply
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// field is one member of a row image: the column's name and its raw JSON
+// value, both pointing into the record's value (no copies).
+type field struct {
+	name []byte // unescaped only when the key held escapes
+	raw  json.RawMessage
+}
+
+// parsed is the part of an envelope a sink reads.
+type parsed struct {
+	op     string
+	before []field
+	after  []field
+	hasB   bool // before was an object (not null or absent)
+	hasA   bool
+	tsMs   int64
+}
+
+var errSyntax = errors.New("invalid JSON")
+
+// parseEnvelope reads the envelope's op, before, after and source.ts_ms in
+// one pass without building maps: decoding with encoding/json into maps
+// cost more than a third of a sink's CPU. Anything that is not a JSON
+// object of the expected shape is an error.
+func parseEnvelope(b []byte, scratch []field) (parsed, []field, error) {
+	var p parsed
+	i := skipWS(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return p, scratch, fmt.Errorf("%w: not an object", errSyntax)
+	}
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return p, scratch, fmt.Errorf("%w: an empty object", errSyntax)
+	}
+	for {
+		i = skipWS(b, i)
+		key, next, err := readString(b, i)
+		if err != nil {
+			return p, scratch, err
+		}
+		i = skipWS(b, next)
+		if i >= len(b) || b[i] != ':' {
+			return p, scratch, fmt.Errorf("%w: want ':' at %d", errSyntax, i)
+		}
+		i = skipWS(b, i+1)
+		start := i
+		if i, err = skipValue(b, i); err != nil {
+			return p, scratch, err
+		}
+		val := b[start:i]
+		switch string(key) {
+		case "op":
+			op, _, err := readString(val, 0)
+			if err != nil {
+				return p, scratch, fmt.Errorf("op: %w", err)
+			}
+			p.op = string(op)
+		case "before":
+			n := len(scratch)
+			if scratch, p.hasB, err = readRow(val, scratch); err != nil {
+				return p, scratch, fmt.Errorf("before: %w", err)
+			}
+			p.before = scratch[n:len(scratch):len(scratch)]
+		case "after":
+			n := len(scratch)
+			if scratch, p.hasA, err = readRow(val, scratch); err != nil {
+				return p, scratch, fmt.Errorf("after: %w", err)
+			}
+			p.after = scratch[n:len(scratch):len(scratch)]
+		case "source":
+			if p.tsMs, err = readTsMs(val); err != nil {
+				return p, scratch, fmt.Errorf("source: %w", err)
+			}
+		}
+		i = skipWS(b, i)
+		if i < len(b) && b[i] == ',' {
+			i++
+			continue
+		}
+		if i < len(b) && b[i] == '}' {
+			i++
+			break
+		}
+		return p, scratch, fmt.Errorf("%w: want ',' or '}' at %d", errSyntax, i)
+	}
+	if skipWS(b, i) != len(b) {
+		return p, scratch, fmt.Errorf("%w: trailing data", errSyntax)
+	}
+	return p, scratch, nil
+}
+
+// readRow appends the members of the object v to dst; v may be null.
+func readRow(v []byte, dst []field) ([]field, bool, error) {
+	if string(v) == "null" {
+		return dst, false, nil
+	}
+	if len(v) == 0 || v[0] != '{' {
+		return dst, false, fmt.Errorf("%w: a row image is an object or null", errSyntax)
+	}
+	i := skipWS(v, 1)
+	if i < len(v) && v[i] == '}' {
+		return dst, true, nil
+	}
+	for {
+		i = skipWS(v, i)
+		key, next, err := readString(v, i)
+		if err != nil {
+			return dst, false, err
+		}
+		i = skipWS(v, next)
+		if i >= len(v) || v[i] != ':' {
+			return dst, false, fmt.Errorf("%w: want ':'", errSyntax)
+		}
+		i = skipWS(v, i+1)
+		start := i
+		if i, err = skipValue(v, i); err != nil {
+			return dst, false, err
+		}
+		dst = append(dst, field{name: key, raw: json.RawMessage(v[start:i])})
+		i = skipWS(v, i)
+		if i < len(v) && v[i] == ',' {
+			i++
+			continue
+		}
+		if i < len(v) && v[i] == '}' {
+			return dst, true, nil
+		}
+		return dst, false, fmt.Errorf("%w: want ',' or '}'", errSyntax)
+	}
+}
+
+// readTsMs finds ts_ms in the source object (0 when absent), without
+// collecting its members.
+func readTsMs(v []byte) (int64, error) {
+	if string(v) == "null" {
+		return 0, nil
+	}
+	if len(v) == 0 || v[0] != '{' {
+		return 0, fmt.Errorf("%w: want an object", errSyntax)
+	}
+	var ts int64
+	i := skipWS(v, 1)
+	if i < len(v) && v[i] == '}' {
+		return 0, nil
+	}
+	for {
+		key, next, err := readString(v, skipWS(v, i))
+		if err != nil {
+			return 0, err
+		}
+		i = skipWS(v, next)
+		if i >= len(v) || v[i] != ':' {
+			return 0, fmt.Errorf("%w: want ':'", errSyntax)
+		}
+		i = skipWS(v, i+1)
+		start := i
+		if i, err = skipValue(v, i); err != nil {
+			return 0, err
+		}
+		if string(key) == "ts_ms" {
+			if ts, err = strconv.ParseInt(string(v[start:i]), 10, 64); err != nil {
+				return 0, fmt.Errorf("ts_ms %s: %w", v[start:i], errSyntax)
+			}
+		}
+		i = skipWS(v, i)
+		if i < len(v) && v[i] == ',' {
+			i++
+			continue
+		}
+		if i < len(v) && v[i] == '}' {
+			return ts, nil
+		}
+		return 0, fmt.Errorf("%w: want ',' or '}'", errSyntax)
+	}
+}
+
+func skipWS(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\t' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// readString reads the string at b[i] and returns its content (unescaped
+// if it had escapes) and the index after it.
+func readString(b []byte, i int) ([]byte, int, error) {
+	if i >= len(b) || b[i] != '"' {
+		return nil, i, fmt.Errorf("%w: want a string at %d", errSyntax, i)
+	}
+	start := i + 1
+	escaped := false
+	for j := start; j < len(b); j++ {
+		switch b[j] {
+		case '\\':
+			escaped = true
+			j++
+		case '"':
+			if !escaped {
+				return b[start:j], j + 1, nil
+			}
+			var s string
+			if err := json.Unmarshal(b[i:j+1], &s); err != nil {
+				return nil, j + 1, fmt.Errorf("%w: %v", errSyntax, err)
+			}
+			return []byte(s), j + 1, nil
+		}
+	}
+	return nil, len(b), fmt.Errorf("%w: unterminated string", errSyntax)
+}
+
+// skipValue returns the index after the JSON value at b[i].
+func skipValue(b []byte, i int) (int, error) {
+	if i >= len(b) {
+		return i, fmt.Errorf("%w: want a value", errSyntax)
+	}
+	switch c := b[i]; {
+	case c == '"':
+		_, j, err := readString(b, i)
+		return j, err
+	case c == '{' || c == '[':
+		depth := 0
+		for j := i; j < len(b); j++ {
+			switch b[j] {
+			case '"':
+				_, next, err := readString(b, j)
+				if err != nil {
+					return next, err
+				}
+				j = next - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return j + 1, nil
+				}
+			}
+		}
+		return len(b), fmt.Errorf("%w: unterminated %c", errSyntax, c)
+	default:
+		j := i
+		for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\n' && b[j] != '\t' && b[j] != '\r' {
+			j++
+		}
+		if j == i {
+			return j, fmt.Errorf("%w: want a value at %d", errSyntax, i)
+		}
+		if !scalar(b[i:j]) {
+			return j, fmt.Errorf("%w: %q is not a JSON value", errSyntax, b[i:j])
+		}
+		return j, nil
+	}
+}
+
+// scalar reports whether s is a JSON number, true, false or null.
+func scalar(s []byte) bool {
+	switch string(s) {
+	case "true", "false", "null":
+		return true
+	}
+	i := 0
+	if i < len(s) && s[i] == '-' {
+		i++
+	}
+	digits := func() int {
+		n := 0
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+			n++
+		}
+		return n
+	}
+	if i < len(s) && s[i] == '0' {
+		i++
+	} else if digits() == 0 {
+		return false
+	}
+	if i < len(s) && s[i] == '.' {
+		i++
+		if digits() == 0 {
+			return false
+		}
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	return i == len(s)
+}
