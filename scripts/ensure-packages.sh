@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # ensure-packages.sh MODE: install the system packages MODE needs, and only the missing ones.
 #
+# Every mode also needs a C and C++ compiler: Tideline links DuckDB through cgo.
+#
 #   demo   PostgreSQL server binaries (make demo starts a throwaway server from them);
 #          demo-postgres is the same
 #   demo-mysql
 #          MariaDB server binaries (make demo SOURCE=mysql)
 #   bench  PostgreSQL server binaries (pg_recvlogical comes with them) and mariadb-server (make bench)
-#   test   PostgreSQL and MariaDB server binaries, kcat, and a C compiler for go test -race
+#   test   PostgreSQL and MariaDB server binaries, kcat, a C compiler for go test -race (and the
+#          DuckDB sink), and Chromium for the dashboard's browser test
 #
 # Idempotent: when everything is present it installs nothing and does not touch apt. Packages come
 # from apt-get, run as root, or through sudo when not root; without either it prints the command to
@@ -68,8 +71,11 @@ have_mariadb() {
 
 have_kcat() { command -v kcat >/dev/null 2>&1; }
 
+# The dashboard test drives Debian's chromium headless (pkg/daemon TestDashboardInBrowser).
+have_chromium() { [[ -x /usr/bin/chromium ]]; }
+
 # go test -race needs cgo: a C compiler and the C library headers.
-have_cc() { command -v gcc >/dev/null 2>&1 && [[ -e /usr/include/stdlib.h ]]; }
+have_cc() { command -v gcc >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1 && [[ -e /usr/include/stdlib.h ]]; }
 
 # check: fill missing with the packages this mode lacks.
 check() {
@@ -79,9 +85,11 @@ check() {
 	if [[ $mode == test || $mode == demo-mysql || $mode == bench ]]; then
 		have_mariadb || missing+=(mariadb-server)
 	fi
+	# Tideline links DuckDB (a C++ library, cgo): every mode builds it.
+	have_cc || missing+=(gcc g++ libc6-dev)
 	if [[ $mode == test ]]; then
 		have_kcat || missing+=(kcat)
-		have_cc || missing+=(gcc libc6-dev)
+		have_chromium || missing+=(chromium)
 	fi
 }
 

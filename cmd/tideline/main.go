@@ -2,11 +2,17 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -30,7 +36,7 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(runCmd(), validateCmd(), versionCmd(), duckdbCmd())
+	root.AddCommand(runCmd(), validateCmd(), versionCmd(), duckdbCmd(), statusCmd())
 	return root
 }
 
@@ -58,6 +64,55 @@ func runCmd() *cobra.Command {
 	cmd.Flags().StringVarP(&path, "config", "c", "tideline.yaml", "config file")
 	cmd.Flags().StringVar(&role, "role", daemon.RoleAll, "what to run: all (capture and sinks), capture, or sinks (consumer-group members; add instances to scale out)")
 	cmd.Flags().StringVar(&instance, "instance", "", "this process's name among its sinks' group members (default: the host name); two processes running the same sinks need different ones")
+	return cmd
+}
+
+func statusCmd() *cobra.Command {
+	var url, token string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Print a running Tideline's status (its /api/status) as tables, or as JSON",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(url, "/")+"/api/status", nil)
+			if err != nil {
+				return fmt.Errorf("--url %q: %w", url, err)
+			}
+			if token != "" {
+				req.Header.Set("Authorization", "Bearer "+token)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return fmt.Errorf("no Tideline answers at %s (is it running, and is --url its http.listen?): %w", url, err)
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return fmt.Errorf("read %s: %w", req.URL, err)
+			}
+			switch {
+			case resp.StatusCode == http.StatusUnauthorized:
+				return fmt.Errorf("%s needs the token (http.token): pass --token or set TIDELINE_HTTP_TOKEN", req.URL)
+			case resp.StatusCode != http.StatusOK:
+				return fmt.Errorf("%s: %s: %s", req.URL, resp.Status, strings.TrimSpace(string(body)))
+			}
+			if asJSON {
+				_, err := cmd.OutOrStdout().Write(append(body, '\n'))
+				return err
+			}
+			var st observe.Status
+			if err := json.Unmarshal(body, &st); err != nil {
+				return fmt.Errorf("%s did not answer a status: %w", req.URL, err)
+			}
+			return observe.PrintStatus(cmd.OutOrStdout(), &st)
+		},
+	}
+	cmd.Flags().StringVar(&url, "url", "http://127.0.0.1:8080", "the running Tideline's HTTP address (its http.listen)")
+	cmd.Flags().StringVar(&token, "token", os.Getenv("TIDELINE_HTTP_TOKEN"), "http.token, when the server has one (default $TIDELINE_HTTP_TOKEN)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON (docs/status.md)")
 	return cmd
 }
 

@@ -25,6 +25,8 @@ import (
 type Config struct {
 	// Sink names the sink (metrics, logs, the dead-letter topic).
 	Sink string
+	// Type is the sink's type, for the status page.
+	Type string
 	// Group is the Kafka consumer group (tideline-<name>-<sink>).
 	Group string
 	// InstanceID, when set, makes this member static (KIP-345): a
@@ -75,11 +77,53 @@ type Runtime struct {
 	// to apply, for the lag gauge.
 	hw, pos map[string]map[int32]int64
 	tables  map[string]string // topic -> table label
+
+	// For the status page, written by the runtime's goroutines.
+	running      atomic.Bool
+	lastBatch    atomic.Int64 // unix nanos of the last committed batch
+	failingSince atomic.Int64 // unix nanos of the first failure of the current retry streak, 0 when none
+	lastErr      atomic.Pointer[string]
+	stopErr      atomic.Pointer[string]
+	lag          atomic.Int64
+	up           prometheus.Gauge
+}
+
+// Info reports the sink's state for the status page: failed when it
+// stopped on an error or has been retrying for over 10 s, stalled when
+// records wait and nothing was committed for 2 minutes, catching up when
+// far behind, running otherwise.
+func (r *Runtime) Info() observe.SinkInfo {
+	si := observe.SinkInfo{Name: r.cfg.Sink, Type: r.cfg.Type, Group: r.cfg.Group, State: observe.StateRunning}
+	last := r.lastBatch.Load()
+	if last > 0 {
+		si.LastBatchAt = time.Unix(0, last)
+	}
+	lag := r.lag.Load()
+	switch {
+	case r.stopErr.Load() != nil:
+		si.State, si.Reason = observe.StateFailed, *r.stopErr.Load()
+	case r.failingSince.Load() > 0 && time.Since(time.Unix(0, r.failingSince.Load())) > 10*time.Second:
+		si.State, si.Reason = observe.StateFailed, "retrying: "+*r.lastErr.Load()
+	case lag > 0 && last > 0 && time.Since(si.LastBatchAt) > 2*time.Minute:
+		si.State, si.Reason = observe.StateStalled, fmt.Sprintf("%d records waiting, nothing applied for %s", lag, time.Since(si.LastBatchAt).Round(time.Second))
+	case lag > int64(10*r.cfg.BatchRecords):
+		si.State, si.Reason = observe.StateCatchingUp, fmt.Sprintf("%d records behind", lag)
+	case !r.running.Load():
+		si.State, si.Reason = observe.StateCatchingUp, "starting"
+	}
+	return si
+}
+
+// failing records a failure of the current retry streak.
+func (r *Runtime) failing(err error) {
+	msg := err.Error()
+	r.lastErr.Store(&msg)
+	r.failingSince.CompareAndSwap(0, time.Now().UnixNano())
 }
 
 // New returns a runtime for sink.
 func New(cfg Config, sink Sink, d Deps) *Runtime {
-	return &Runtime{cfg: cfg, sink: sink, d: d, log: d.Log,
+	return &Runtime{cfg: cfg, sink: sink, d: d, log: d.Log, up: d.Metrics.SinkUp.WithLabelValues(cfg.Sink),
 		batches:  d.Metrics.SinkBatches.WithLabelValues(cfg.Sink),
 		retries:  d.Metrics.SinkRetries.WithLabelValues(cfg.Sink),
 		applyLat: d.Metrics.SinkApply.WithLabelValues(cfg.Sink),
@@ -222,6 +266,8 @@ func (r *Runtime) Run(ctx context.Context) error {
 				return err
 			}
 			r.batches.Inc()
+			r.lastBatch.Store(time.Now().UnixNano())
+			r.failingSince.Store(0)
 			for topic, parts := range w.hw {
 				for p, v := range parts {
 					r.mark(r.hw, topic, p, v)
@@ -236,9 +282,17 @@ func (r *Runtime) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	r.running.Store(true)
+	r.up.Set(1)
 	err = g.Wait()
+	r.running.Store(false)
+	r.up.Set(0)
 	if ctx.Err() != nil {
 		return nil // stopped: what was not committed is replayed on the next start
+	}
+	if err != nil {
+		msg := err.Error()
+		r.stopErr.Store(&msg)
 	}
 	return err
 }
@@ -310,6 +364,8 @@ func (r *Runtime) mark(m map[string]map[int32]int64, topic string, p int32, v in
 }
 
 func (r *Runtime) updateLag() {
+	var total int64
+	defer func() { r.lag.Store(total) }()
 	for topic, parts := range r.hw {
 		var lag int64
 		for p, hw := range parts {
@@ -319,6 +375,7 @@ func (r *Runtime) updateLag() {
 			}
 			lag += max(hw-pos, 0)
 		}
+		total += lag
 		if label, ok := r.tables[topic]; ok {
 			r.d.Metrics.SinkLag.WithLabelValues(r.cfg.Sink, label).Set(float64(lag))
 		}
@@ -429,6 +486,7 @@ func (r *Runtime) decodeRetrying(ctx context.Context, rec *kgo.Record, scratch [
 			return nil, out, ctx.Err()
 		}
 		r.retries.Inc()
+		r.failing(err)
 		wait := bo.NextBackOff()
 		r.log.Warn("reading a table shape failed; retrying", zap.String("topic", rec.Topic), zap.Error(err), zap.Duration("retry_in", wait))
 		if err := sleep(ctx, wait); err != nil {
@@ -591,6 +649,7 @@ func (r *Runtime) deadLetter(ctx context.Context, cl *kgo.Client, dead []rejecte
 			return ctx.Err()
 		}
 		r.retries.Inc()
+		r.failing(err)
 		wait := bo.NextBackOff()
 		r.log.Warn("writing to the dead-letter topic failed; retrying", zap.String("topic", r.cfg.DLQTopic), zap.Error(err), zap.Duration("retry_in", wait))
 		if err := sleep(ctx, wait); err != nil {
@@ -614,6 +673,7 @@ func (r *Runtime) commit(ctx context.Context, cl *kgo.Client, recs []*kgo.Record
 			return ctx.Err()
 		}
 		r.retries.Inc()
+		r.failing(err)
 		wait := bo.NextBackOff()
 		r.log.Warn("offset commit failed; retrying", zap.Error(err), zap.Duration("retry_in", wait))
 		if time.Since(start) > time.Minute {

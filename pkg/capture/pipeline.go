@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/zap"
 
@@ -44,6 +46,10 @@ type Pipeline struct {
 
 	ready      atomic.Bool
 	lastCommit atomic.Int64 // unix nanos of the last checkpoint move
+	lastPos    atomic.Pointer[change.Position]
+	committed  atomic.Bool // a checkpoint moved since the start
+	source     string
+	lagSeconds prometheus.Gauge
 	mu         sync.Mutex
 	lastE      error
 }
@@ -83,12 +89,57 @@ func New(name string, src Source, cl *kgo.Client, topics *kafka.Topics, schemas 
 	}
 	p.lastCommit.Store(time.Now().UnixNano())
 	cpTime := m.CheckpointTime.WithLabelValues(name)
+	p.lagSeconds = m.SourceLagSeconds.WithLabelValues(name)
+	m.InFlightBudget.WithLabelValues(name).Set(float64(budget))
 	p.tracker = checkpoint.New(budget, func(pos change.Position) {
 		p.lastCommit.Store(time.Now().UnixNano())
+		p.lastPos.Store(&pos)
+		p.committed.Store(true)
 		cpTime.SetToCurrentTime()
 		src.Commit(pos)
 	})
 	return p
+}
+
+// WithSourceType names the source kind in the status (postgres, mysql).
+func WithSourceType(t string) Option { return func(p *Pipeline) { p.source = t } }
+
+// Info reports the pipeline's state for the status page: failed while the
+// source cannot run (it is retried), catching up during the snapshot or
+// when far behind, stalled when batches wait for Kafka without the
+// checkpoint moving, running otherwise.
+func (p *Pipeline) Info() *observe.PipelineInfo {
+	pi := &observe.PipelineInfo{Name: p.name, Source: p.source, State: observe.StateRunning}
+	if pos := p.lastPos.Load(); pos != nil {
+		pi.Checkpoint = string(*pos)
+	}
+	if p.committed.Load() {
+		pi.CheckpointAt = time.Unix(0, p.lastCommit.Load())
+	}
+	err := p.Ready(2 * time.Minute)
+	lag := metricValue(p.lagSeconds)
+	switch {
+	case err == nil && lag > 30:
+		pi.State, pi.Reason = observe.StateCatchingUp, fmt.Sprintf("%.0f s behind the source", lag)
+	case err == nil:
+	case strings.HasPrefix(err.Error(), "stalled"):
+		pi.State, pi.Reason = observe.StateStalled, err.Error()
+	case strings.HasPrefix(err.Error(), "source starting"):
+		pi.State, pi.Reason = observe.StateCatchingUp, "initial snapshot or connecting"
+	case p.LastError() != nil:
+		pi.State, pi.Reason = observe.StateFailed, err.Error()+"; retrying"
+	default:
+		pi.State, pi.Reason = observe.StateCatchingUp, "starting"
+	}
+	return pi
+}
+
+func metricValue(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		return 0
+	}
+	return m.GetGauge().GetValue()
 }
 
 // Tracker returns the pipeline's checkpoint tracker (for status and tests).
@@ -153,6 +204,11 @@ func (p *Pipeline) Handle(ctx context.Context, b *change.Batch) error {
 		}
 		now := time.Now()
 		p.pubLat.Observe(now.Sub(start).Seconds())
+		if p.tracker.Pending() == 0 {
+			p.lagSeconds.Set(0) // caught up: nothing in flight
+		} else if commitMicros > 0 {
+			p.lagSeconds.Set(float64(now.UnixMicro()-commitMicros) / 1e6)
+		}
 		if commitMicros > 0 {
 			p.c2a.Observe(float64(now.UnixMicro()-commitMicros) / 1e6)
 			if p.onAck != nil {

@@ -101,9 +101,11 @@ type Capture struct {
 	Linger *time.Duration `yaml:"linger"`
 }
 
-// HTTP serves /metrics, /healthz and /readyz.
+// HTTP serves /metrics, /healthz, /readyz, the dashboard and /api.
 type HTTP struct {
 	Listen string `yaml:"listen"`
+	// Token, when set, protects the dashboard and /api/* (bearer token).
+	Token Secret `yaml:"token"`
 }
 
 // Log configures logging.
@@ -388,6 +390,9 @@ func (c *Config) Validate() error {
 			add("http.listen", "%q is not host:port (or off)", c.HTTP.Listen)
 		}
 	}
+	if t := string(c.HTTP.Token); t != "" && len(t) < 16 {
+		add("http.token", "is too short: use at least 16 characters (e.g. openssl rand -hex 16)")
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -417,12 +422,28 @@ func validTopicPart(s string) bool {
 	return true
 }
 
-// Secret is a string that never prints: its String and MarshalText hide any
-// password in it.
+// Secret is a string that never prints: String, GoString and MarshalText
+// hide the password of a URL, or the whole value when it is not a URL (a
+// token).
 type Secret string
 
-// String returns the value with the password of a URL replaced by "xxxxx".
-func (s Secret) String() string { return Redact(string(s)) }
+// String returns the value with the password of a URL replaced by "xxxxx",
+// or "xxxxx" for a value that is not a URL.
+func (s Secret) String() string {
+	switch {
+	case s == "":
+		return ""
+	case !strings.Contains(string(s), "://"):
+		return "xxxxx"
+	}
+	return Redact(string(s))
+}
+
+// GoString keeps %#v from printing the value.
+func (s Secret) GoString() string { return s.String() }
+
+// MarshalText keeps encoders from printing the value.
+func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 // Redact hides the password in a URL-shaped string.
 func Redact(s string) string {

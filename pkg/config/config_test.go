@@ -1,7 +1,9 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -188,5 +190,19 @@ func TestMySQLDSNParameters(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "source.dsn: "+want) {
 			t.Errorf("%s: got %v, want source.dsn: %s", dsn, err, want)
 		}
+	}
+}
+
+func TestSecretNeverPrints(t *testing.T) {
+	tok := Secret("0123456789abcdef-token")
+	dsn := Secret("postgres://u:pw-xyz@h/db")
+	for _, s := range []string{tok.String(), fmt.Sprintf("%v %s %#v", tok, tok, tok), dsn.String(), fmt.Sprintf("%+v", struct{ D Secret }{dsn})} {
+		if strings.Contains(s, "token") || strings.Contains(s, "pw-xyz") {
+			t.Errorf("secret printed: %s", s)
+		}
+	}
+	b, _ := json.Marshal(map[string]Secret{"t": tok})
+	if strings.Contains(string(b), "token") {
+		t.Errorf("secret marshalled: %s", b)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/tideline-cdc/tideline/pkg/apply"
@@ -121,6 +122,11 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) er
 	if m == nil {
 		m = observe.NewMetrics()
 	}
+	m.BuildInfo.WithLabelValues(Version).Set(1)
+	// The status page shows the last warnings and errors logged.
+	recent := observe.NewRecent(20)
+	log = log.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return zapcore.NewTee(c, recent.Core()) }))
+	started := time.Now()
 	role := o.Role
 	if role == "" {
 		role = RoleAll
@@ -176,7 +182,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) er
 		if err != nil {
 			return err
 		}
-		var popts []capture.Option
+		popts := []capture.Option{capture.WithSourceType(cfg.Source.Type)}
 		if o.OnAck != nil {
 			popts = append(popts, capture.WithAckHook(o.OnAck))
 		}
@@ -203,7 +209,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) er
 			}
 			sinks = append(sinks, s)
 			runtimes = append(runtimes, apply.New(apply.Config{
-				Sink: sc.Name, Group: sc.Group, InstanceID: sc.Group + "-" + instance, TopicPrefix: cfg.Kafka.TopicPrefix, Tables: sc.Tables,
+				Sink: sc.Name, Type: sc.Type, Group: sc.Group, InstanceID: sc.Group + "-" + instance, TopicPrefix: cfg.Kafka.TopicPrefix, Tables: sc.Tables,
 				DLQTopic:     cfg.Kafka.TopicPrefix + ".dlq." + sc.Name,
 				BatchRecords: sc.BatchRecords, BatchBytes: int(sc.BatchBytes), Linger: sc.Linger,
 			}, s, apply.Deps{
@@ -223,15 +229,28 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) er
 		return nil
 	}
 
+	providers := observe.Providers{Sinks: func() []observe.SinkInfo {
+		out := make([]observe.SinkInfo, 0, len(runtimes))
+		for _, rt := range runtimes {
+			out = append(out, rt.Info())
+		}
+		return out
+	}}
+	if p != nil {
+		providers.Pipeline = p.Info
+	}
+	hub := observe.NewHub(m, providers, observe.Status{Name: cfg.Name, Version: Version, Role: role, StartedAt: started.UTC()}, recent)
+
 	g, gctx := errgroup.WithContext(ctx)
 	httpAddr := ""
 	if cfg.HTTP.Listen != "off" {
-		srv, err := observe.Listen(cfg.HTTP.Listen, m, ready)
+		srv, err := observe.Listen(cfg.HTTP.Listen, m, ready, observe.ServerOptions{Hub: hub, Token: string(cfg.HTTP.Token)})
 		if err != nil {
 			return err
 		}
 		httpAddr = srv.Addr()
 		g.Go(func() error { return srv.Serve(gctx) })
+		g.Go(func() error { return hub.Run(gctx) })
 	}
 	log.Info("tideline starting", zap.String("name", cfg.Name), zap.String("version", Version), zap.String("role", role),
 		zap.String("source", cfg.Source.Type), zap.Stringer("dsn", cfg.Source.DSN), zap.Int("sinks", len(runtimes)),

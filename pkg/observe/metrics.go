@@ -30,6 +30,12 @@ type Metrics struct {
 	SinkLag           *prometheus.GaugeVec     // sink, table
 	SinkDLQ           *prometheus.CounterVec   // sink, table
 	SinkRetries       *prometheus.CounterVec   // sink
+
+	SourceLagSeconds *prometheus.GaugeVec // pipeline
+	InFlightBudget   *prometheus.GaugeVec // pipeline
+	SinkUp           *prometheus.GaugeVec // sink
+	EventStreams     prometheus.Gauge
+	BuildInfo        *prometheus.GaugeVec // version
 }
 
 // NewMetrics registers the metrics (and the Go and process collectors) on a
@@ -113,6 +119,27 @@ func NewMetrics() *Metrics {
 		Name: "tideline_sink_retries_total",
 		Help: "Transient apply failures a sink retried (each is also logged).",
 	}, []string{"sink"})
+	m.SourceLagSeconds = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tideline_source_lag_seconds",
+		Help: "Seconds from the source commit of the last change Kafka acknowledged to that acknowledgement; 0 once nothing is in flight.",
+	}, []string{"pipeline"})
+	m.InFlightBudget = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tideline_inflight_budget_bytes",
+		Help: "capture.max_inflight_bytes: the most encoded bytes that wait for Kafka before reading pauses.",
+	}, []string{"pipeline"})
+	m.SinkUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tideline_sink_up",
+		Help: "1 while a sink runs (consuming and applying), 0 once it stopped or failed.",
+	}, []string{"sink"})
+	m.EventStreams = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "tideline_http_event_streams",
+		Help: "Clients connected to /api/events (the dashboard's live stream).",
+	})
+	m.BuildInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tideline_build_info",
+		Help: "Always 1; the version label is Tideline's version.",
+	}, []string{"version"})
+	r.MustRegister(m.SourceLagSeconds, m.InFlightBudget, m.SinkUp, m.EventStreams, m.BuildInfo)
 	r.MustRegister(m.SinkRows, m.SinkBatches, m.SinkApply, m.SinkCommitToApply, m.SinkLag, m.SinkDLQ, m.SinkRetries)
 	r.MustRegister(m.Events, m.SourceLagBytes, m.ConfirmedLSN, m.CheckpointTime, m.InFlightBytes,
 		m.PublishLatency, m.CommitToAck, m.Errors, m.SourceConnected, m.SnapshotRows)

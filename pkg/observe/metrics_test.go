@@ -28,6 +28,11 @@ func TestMetricsLint(t *testing.T) {
 	m.SinkLag.WithLabelValues("s", "public.t").Set(1)
 	m.SinkDLQ.WithLabelValues("s", "public.t").Inc()
 	m.SinkRetries.WithLabelValues("s").Inc()
+	m.SourceLagSeconds.WithLabelValues("p").Set(1)
+	m.InFlightBudget.WithLabelValues("p").Set(1)
+	m.SinkUp.WithLabelValues("s").Set(1)
+	m.EventStreams.Set(1)
+	m.BuildInfo.WithLabelValues("v").Set(1)
 	problems, err := promlint.NewWithMetricFamilies(mustGather(t, m)).Lint()
 	if err != nil {
 		t.Fatal(err)
