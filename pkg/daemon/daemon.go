@@ -63,7 +63,10 @@ func newMySQL(d Deps) (capture.Source, error) {
 		BatchBytes:     int(c.Capture.BatchBytes),
 		Linger:         *c.Capture.Linger,
 		Version:        Version,
-	}, d.Store, d.Log.Named("mysql")), nil
+	}, d.Store, d.Log.Named("mysql"), mysql.Gauges{
+		LagBytes:  d.Metrics.SourceLagBytes.WithLabelValues(c.Name),
+		Connected: d.Metrics.SourceConnected.WithLabelValues(c.Name),
+	}), nil
 }
 
 func newPostgres(d Deps) (capture.Source, error) {

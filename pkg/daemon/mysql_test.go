@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	gmysql "github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -580,6 +581,13 @@ func TestMySQLKafkaOutage(t *testing.T) {
 	time.Sleep(time.Second)
 	k.Close()
 	peak := r.outage(t, w, 6*time.Second, budget, batch)
+	// The binlog grew while nothing was delivered: the lag gauge counts
+	// the bytes between the stored position and the server's end.
+	lagGauge := r.metrics.SourceLagBytes.WithLabelValues("test")
+	lagDuring := testutil.ToFloat64(lagGauge)
+	if lagDuring < 10_000 {
+		t.Errorf("tideline_source_lag_bytes = %.0f during the outage, want the binlog written meanwhile", lagDuring)
+	}
 	k = startBroker()
 	t.Cleanup(k.Close)
 	time.Sleep(time.Second)
@@ -587,6 +595,9 @@ func TestMySQLKafkaOutage(t *testing.T) {
 	c := e.consume("test.app.kv")
 	ms := consumeUntil(t, c, committed, 90*time.Second)
 	checkMySQLKV(t, ms, committed, false)
+	waitFor(t, 30*time.Second, "the lag to fall back once delivered", func() (bool, error) {
+		return testutil.ToFloat64(lagGauge) < lagDuring/10, nil
+	})
 	t.Logf("outage: peak in-flight %.0f bytes; %d events", peak, len(ms))
 	r.stop(t)
 }

@@ -1,8 +1,12 @@
 package observe
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
@@ -10,29 +14,7 @@ import (
 
 func TestMetricsLint(t *testing.T) {
 	m := NewMetrics()
-	// Touch every vector so it is gathered.
-	m.Events.WithLabelValues("p", "public.t", "c").Inc()
-	m.SourceLagBytes.WithLabelValues("p").Set(1)
-	m.ConfirmedLSN.WithLabelValues("p").Set(1)
-	m.CheckpointTime.WithLabelValues("p").Set(1)
-	m.InFlightBytes.WithLabelValues("p").Set(1)
-	m.PublishLatency.WithLabelValues("p").Observe(1)
-	m.CommitToAck.WithLabelValues("p").Observe(1)
-	m.Errors.WithLabelValues("p", "source").Inc()
-	m.SourceConnected.WithLabelValues("p").Set(1)
-	m.SnapshotRows.WithLabelValues("p", "public.t").Inc()
-	m.SinkRows.WithLabelValues("s", "public.t", "c").Inc()
-	m.SinkBatches.WithLabelValues("s").Inc()
-	m.SinkApply.WithLabelValues("s").Observe(1)
-	m.SinkCommitToApply.WithLabelValues("s").Observe(1)
-	m.SinkLag.WithLabelValues("s", "public.t").Set(1)
-	m.SinkDLQ.WithLabelValues("s", "public.t").Inc()
-	m.SinkRetries.WithLabelValues("s").Inc()
-	m.SourceLagSeconds.WithLabelValues("p").Set(1)
-	m.InFlightBudget.WithLabelValues("p").Set(1)
-	m.SinkUp.WithLabelValues("s").Set(1)
-	m.EventStreams.Set(1)
-	m.BuildInfo.WithLabelValues("v").Set(1)
+	touch(m)
 	problems, err := promlint.NewWithMetricFamilies(mustGather(t, m)).Lint()
 	if err != nil {
 		t.Fatal(err)
@@ -55,4 +37,105 @@ func mustGather(t *testing.T, m *Metrics) []*dto.MetricFamily {
 		}
 	}
 	return out
+}
+
+// TestMetricsDocumented checks that docs/metrics.md lists every metric with
+// its type and labels, and nothing that does not exist.
+func TestMetricsDocumented(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "docs", "metrics.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type doc struct{ typ, labels string }
+	documented := map[string]doc{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 5 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`tideline_") {
+			continue
+		}
+		name := strings.Trim(strings.TrimSpace(cells[1]), "`")
+		documented[name] = doc{strings.TrimSpace(cells[2]), strings.ReplaceAll(strings.TrimSpace(cells[3]), " ", "")}
+	}
+	m := NewMetrics()
+	descs := make(chan *prometheus.Desc, 100)
+	go func() { m.Registry.Describe(descs); close(descs) }()
+	seen := map[string]bool{}
+	fams := map[string]string{}
+	for _, f := range mustGatherAll(t, m) {
+		fams[f.GetName()] = strings.ToLower(f.GetType().String())
+	}
+	for d := range descs {
+		s := d.String() // Desc{fqName: "…", help: "…", constLabels: {…}, variableLabels: {…}}
+		name := between(s, `fqName: "`, `"`)
+		if !strings.HasPrefix(name, "tideline_") {
+			continue
+		}
+		seen[name] = true
+		labels := strings.ReplaceAll(strings.Trim(between(s, "variableLabels: {", "}"), " "), " ", "")
+		dd, ok := documented[name]
+		if !ok {
+			t.Errorf("%s is not in docs/metrics.md", name)
+			continue
+		}
+		if dd.labels != labels {
+			t.Errorf("%s: docs say labels %q, the metric has %q", name, dd.labels, labels)
+		}
+		if typ, ok := fams[name]; ok && typ != dd.typ {
+			t.Errorf("%s: docs say %s, the metric is a %s", name, dd.typ, typ)
+		}
+	}
+	for name := range documented {
+		if !seen[name] {
+			t.Errorf("docs/metrics.md lists %s, which does not exist", name)
+		}
+	}
+}
+
+func between(s, from, to string) string {
+	i := strings.Index(s, from)
+	if i < 0 {
+		return ""
+	}
+	s = s[i+len(from):]
+	if j := strings.Index(s, to); j >= 0 {
+		return s[:j]
+	}
+	return s
+}
+
+// mustGatherAll gathers the families that have samples (vectors touched).
+func mustGatherAll(t *testing.T, m *Metrics) []*dto.MetricFamily {
+	t.Helper()
+	touch(m)
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fams
+}
+
+// touch gives every vector a sample so that it is gathered.
+func touch(m *Metrics) {
+	m.Events.WithLabelValues("p", "public.t", "c").Inc()
+	m.SourceLagBytes.WithLabelValues("p").Set(1)
+	m.ConfirmedLSN.WithLabelValues("p").Set(1)
+	m.CheckpointTime.WithLabelValues("p").Set(1)
+	m.InFlightBytes.WithLabelValues("p").Set(1)
+	m.PublishLatency.WithLabelValues("p").Observe(1)
+	m.CommitToAck.WithLabelValues("p").Observe(1)
+	m.Errors.WithLabelValues("p", "source").Inc()
+	m.SourceConnected.WithLabelValues("p").Set(1)
+	m.SnapshotRows.WithLabelValues("p", "public.t").Inc()
+	m.SinkRows.WithLabelValues("s", "public.t", "c").Inc()
+	m.SinkBatches.WithLabelValues("s").Inc()
+	m.SinkApply.WithLabelValues("s").Observe(1)
+	m.SinkCommitToApply.WithLabelValues("s").Observe(1)
+	m.SinkLag.WithLabelValues("s", "public.t").Set(1)
+	m.SinkDLQ.WithLabelValues("s", "public.t").Inc()
+	m.SinkRetries.WithLabelValues("s").Inc()
+	m.SourceLagSeconds.WithLabelValues("p").Set(1)
+	m.InFlightBudget.WithLabelValues("p").Set(1)
+	m.SinkUp.WithLabelValues("s").Set(1)
+	m.EventStreams.Set(1)
+	m.BuildInfo.WithLabelValues("v").Set(1)
 }

@@ -33,7 +33,7 @@ func (b *batches) Drain(context.Context) error { return nil }
 // uuid:interval set, which parses back for StartSyncGTID.
 func TestMySQL8GTIDTransaction(t *testing.T) {
 	sid := uuid.MustParse("3e11fa47-71ca-11e1-9e33-c80aa9429562")
-	s := New(Config{Name: "p", TopicPrefix: "p", Tombstones: true, BatchRecords: 100, BatchBytes: 1 << 20, Version: "t"}, nil, zap.NewNop())
+	s := New(Config{Name: "p", TopicPrefix: "p", Tombstones: true, BatchRecords: 100, BatchBytes: 1 << 20, Version: "t"}, nil, zap.NewNop(), Gauges{})
 	d := newTracker("app.*")
 	tables := map[string]*table{}
 	if _, err := d.apply(tables, "app", "CREATE TABLE t (id BIGINT UNSIGNED PRIMARY KEY, j JSON)"); err != nil {

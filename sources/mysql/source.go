@@ -27,6 +27,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/client"
 	gmysql "github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/pingcap/tidb/pkg/parser"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
@@ -54,11 +55,20 @@ type Config struct {
 	Version        string
 }
 
+// Gauges the source keeps up to date; any may be nil.
+type Gauges struct {
+	// LagBytes is the binlog bytes between the server's current position
+	// and the stored checkpoint.
+	LagBytes  prometheus.Gauge
+	Connected prometheus.Gauge
+}
+
 // Source is a MySQL/MariaDB binlog source.
 type Source struct {
-	cfg   Config
-	store checkpoint.Store
-	log   *zap.Logger
+	cfg    Config
+	store  checkpoint.Store
+	log    *zap.Logger
+	gauges Gauges
 
 	// committed is the newest delivered position (JSON), set by Commit
 	// from producer goroutines and stored by the saver.
@@ -70,8 +80,8 @@ type Source struct {
 var _ capture.Source = (*Source)(nil)
 
 // New returns a source; store keeps its position.
-func New(cfg Config, store checkpoint.Store, log *zap.Logger) *Source {
-	return &Source{cfg: cfg, store: store, log: log}
+func New(cfg Config, store checkpoint.Store, log *zap.Logger, g Gauges) *Source {
+	return &Source{cfg: cfg, store: store, log: log, gauges: g}
 }
 
 // Commit implements capture.Source.
@@ -319,6 +329,13 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 	g, gctx := errgroup.WithContext(ctx)
 	saved := change.Position(start.encode())
 	g.Go(func() error { return s.saver(gctx, saved) }) // the saver has its own copy
+	if s.gauges.LagBytes != nil {
+		g.Go(func() error { s.lagger(gctx, ep); return nil })
+	}
+	if s.gauges.Connected != nil {
+		s.gauges.Connected.Set(1)
+		defer s.gauges.Connected.Set(0)
+	}
 	st := &stream{s: s, h: h, tables: schemas, hist: hist, ddl: tracker, conn: conn, enc: codec.NewEncoder(s.cfg.Version),
 		batch: &change.Batch{}, file: start.File, gtid: start.GTID}
 	g.Go(func() error { return st.run(gctx, streamer) })
@@ -357,6 +374,63 @@ func (s *Source) saver(ctx context.Context, saved change.Position) error {
 				return err
 			}
 		}
+	}
+}
+
+// lagger sets the lag gauge every status interval: the binlog bytes from
+// the committed position to the server's end, over every binlog file in
+// between (SHOW BINARY LOGS). It has its own connection; a failure only
+// leaves the gauge as it was.
+func (s *Source) lagger(ctx context.Context, ep endpoint) {
+	t := time.NewTicker(s.cfg.StatusInterval)
+	defer t.Stop()
+	var conn *client.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p := s.committed.Load()
+		if p == nil {
+			continue
+		}
+		var pos position
+		if json.Unmarshal([]byte(*p), &pos) != nil {
+			continue
+		}
+		if conn == nil {
+			c, err := s.connect(ctx, ep)
+			if err != nil {
+				continue
+			}
+			conn = c
+		}
+		r, err := conn.Execute("SHOW BINARY LOGS")
+		if err != nil {
+			conn.Close()
+			conn = nil
+			continue
+		}
+		var lag int64
+		seen := false
+		for i := range r.Values {
+			name, _ := r.GetString(i, 0)
+			size, _ := r.GetInt(i, 1)
+			switch {
+			case name == pos.File:
+				seen = true
+				lag += max(size-int64(pos.Pos), 0)
+			case seen || before(pos.File, pos.Pos, name, 0):
+				lag += size
+			}
+		}
+		s.gauges.LagBytes.Set(float64(lag))
 	}
 }
 
