@@ -788,17 +788,5 @@ func startProfile(path string) (func(), error) {
 // histogramSum sums the observations of every series of a histogram
 // vector (seconds, for the apply-time histogram).
 func histogramSum(c prometheus.Collector) float64 {
-	ch := make(chan prometheus.Metric, 16)
-	go func() {
-		c.Collect(ch)
-		close(ch)
-	}()
-	var sum float64
-	for m := range ch {
-		var pm dto.Metric
-		if m.Write(&pm) == nil {
-			sum += pm.GetHistogram().GetSampleSum()
-		}
-	}
-	return sum
+	return collectSum(c, func(m *dto.Metric) float64 { return m.GetHistogram().GetSampleSum() })
 }

@@ -504,6 +504,11 @@ func (b *bench) waitAcked(ctx context.Context, r tlRun, m *observe.Metrics, star
 
 // sumMetric sums every series of a counter or gauge vector.
 func sumMetric(c prometheus.Collector) float64 {
+	return collectSum(c, func(m *dto.Metric) float64 { return m.GetCounter().GetValue() + m.GetGauge().GetValue() })
+}
+
+// collectSum adds value(m) over every series c collects.
+func collectSum(c prometheus.Collector, value func(*dto.Metric) float64) float64 {
 	ch := make(chan prometheus.Metric, 16)
 	go func() {
 		c.Collect(ch)
@@ -513,7 +518,7 @@ func sumMetric(c prometheus.Collector) float64 {
 	for m := range ch {
 		var pm dto.Metric
 		if m.Write(&pm) == nil {
-			sum += pm.GetCounter().GetValue() + pm.GetGauge().GetValue()
+			sum += value(&pm)
 		}
 	}
 	return sum

@@ -589,6 +589,7 @@ func (r *Runtime) applyTable(ctx context.Context, tb *TableBatch) ([]rejected, e
 			return append(append(out, ra...), rb...), nil
 		default:
 			r.retries.Inc()
+			r.failing(err)
 			wait := bo.NextBackOff()
 			r.log.Warn("apply failed; retrying", zap.String("topic", tb.Topic), zap.Int("rows", len(tb.Rows)),
 				zap.Error(err), zap.Duration("retry_in", wait))

@@ -132,6 +132,8 @@ func (c *Config) validateSinks() Problems {
 				add(p+".dsn", "is required (mysql://user:pass@host:port/db)")
 			} else if u, err := url.Parse(string(s.DSN)); err != nil || u.Scheme != "mysql" || strings.Trim(u.Path, "/") == "" {
 				add(p+".dsn", "must be a mysql://user:pass@host:port/db URL naming the database")
+			} else if _, err := MySQLTLS(u.Query(), u.Hostname()); err != nil {
+				add(p+".dsn", "%v", err)
 			}
 		case "duckdb":
 			if s.Path == "" {

@@ -243,6 +243,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) er
 		providers.Pipeline = p.Info
 	}
 	hub := observe.NewHub(m, providers, observe.Status{Name: cfg.Name, Version: Version, Role: role, StartedAt: started.UTC()}, recent)
+	hub.LogStates(log.Named("status"))
 
 	g, gctx := errgroup.WithContext(ctx)
 	httpAddr := ""

@@ -84,12 +84,17 @@ type running struct {
 
 func (e *env) start(c *config.Config, o daemon.Options) *running {
 	e.t.Helper()
+	return e.startWithLogger(c, o, zaptest.NewLogger(e.t, zaptest.Level(zap.InfoLevel)))
+}
+
+// startWithLogger is start with the daemon logging to log.
+func (e *env) startWithLogger(c *config.Config, o daemon.Options, log *zap.Logger) *running {
+	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{cancel: cancel, done: make(chan error, 1), metrics: observe.NewMetrics()}
 	started := make(chan string, 1)
 	o.Metrics = r.metrics
 	o.Started = func(addr string, _ []string) { started <- addr }
-	log := zaptest.NewLogger(e.t, zaptest.Level(zap.InfoLevel))
 	go func() { r.done <- daemon.Run(ctx, c, log, o) }()
 	select {
 	case addr := <-started:

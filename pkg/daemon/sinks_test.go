@@ -3,8 +3,10 @@ package daemon_test
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -374,4 +376,64 @@ func metricValue(m *observe.Metrics, name string) (float64, error) {
 		}
 	}
 	return v, nil
+}
+
+// TestSinkTargetOutage stops the sink's target database while changes
+// flow: the sink retries (visible in its metrics and status) without
+// sending anything to the dead-letter topic, and once the target is back
+// every change is applied.
+func TestSinkTargetOutage(t *testing.T) {
+	e := newEnv(t)
+	target := testenv.NewPostgres(t, testenv.PGOptions{})
+	e.exec("CREATE TABLE public.items (id bigint PRIMARY KEY, v int NOT NULL)")
+	cfg := e.config([]string{"public.items"}, func(c *config.Config) {
+		c.Sinks = []config.Sink{{Name: "wh", Type: "postgres", DSN: config.Secret(target.DSN("postgres")), Linger: 20 * time.Millisecond}}
+	})
+	r := e.start(cfg, daemon.Options{})
+	e.exec("INSERT INTO public.items SELECT g, 1 FROM generate_series(1, 100) g")
+	tgt, err := sql.Open("pgx", target.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tgt.Close()
+	count := func(q string) int {
+		var n int
+		if err := tgt.QueryRow(q).Scan(&n); err != nil {
+			return -1
+		}
+		return n
+	}
+	waitFor(t, 60*time.Second, "the first rows in the target", func() (bool, error) {
+		return count("SELECT count(*) FROM public.items") == 100, nil
+	})
+	target.Kill() // the target dies; Restart below brings it back
+	e.exec("INSERT INTO public.items SELECT g, 2 FROM generate_series(101, 300) g")
+	e.exec("UPDATE public.items SET v = 3 WHERE id <= 50")
+	waitFor(t, 60*time.Second, "the sink to retry and say so", func() (bool, error) {
+		v, _ := metricValue(r.metrics, "tideline_sink_retries_total")
+		return v >= 2, nil
+	})
+	// Long enough for the status to call it failed (retrying over 10 s).
+	waitFor(t, 30*time.Second, "the status to show the sink failing", func() (bool, error) {
+		resp, err := http.Get(r.httpURL + "/api/status")
+		if err != nil {
+			return false, err
+		}
+		defer resp.Body.Close()
+		var st observe.Status
+		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+			return false, err
+		}
+		return len(st.Sinks) == 1 && st.Sinks[0].State == observe.StateFailed && strings.Contains(st.Sinks[0].Reason, "retrying"), nil
+	})
+	if err := target.Restart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 90*time.Second, "every change applied after the outage", func() (bool, error) {
+		return count("SELECT count(*) FROM public.items") == 300 && count("SELECT count(*) FROM public.items WHERE v = 3") == 50, nil
+	})
+	if v, _ := metricValue(r.metrics, "tideline_sink_dlq_records_total"); v != 0 {
+		t.Errorf("%v records went to the dead-letter topic during a transient outage", v)
+	}
+	r.stop(t)
 }

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
-	"go.uber.org/zap"
 
 	"github.com/tideline-cdc/tideline/pkg/config"
 	"github.com/tideline-cdc/tideline/pkg/daemon"
@@ -44,34 +43,6 @@ func statusEnv(t *testing.T) (*env, *running, *logBuffer) {
 	log, buf := observerLogger()
 	r := e.startWithLogger(cfg, daemon.Options{}, log)
 	return e, r, buf
-}
-
-// startWithLogger is start with a given logger.
-func (e *env) startWithLogger(c *config.Config, o daemon.Options, log *zap.Logger) *running {
-	e.t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{cancel: cancel, done: make(chan error, 1), metrics: observe.NewMetrics()}
-	started := make(chan string, 1)
-	o.Metrics = r.metrics
-	o.Started = func(addr string, _ []string) { started <- addr }
-	go func() { r.done <- daemon.Run(ctx, c, log, o) }()
-	select {
-	case addr := <-started:
-		r.httpURL = "http://" + addr
-	case err := <-r.done:
-		cancel()
-		e.t.Fatalf("daemon did not start: %v", err)
-	}
-	e.t.Cleanup(func() { r.stop(e.t) })
-	waitFor(e.t, 60*time.Second, "readyz", func() (bool, error) {
-		resp, err := http.Get(r.httpURL + "/readyz")
-		if err != nil {
-			return false, err
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	})
-	return r
 }
 
 func getAuth(t *testing.T, url string) (int, string) {

@@ -236,6 +236,24 @@ func TestHubRatesAndHistory(t *testing.T) {
 	}
 }
 
+func TestHubLogsStateChanges(t *testing.T) {
+	m := NewMetrics()
+	state := StateRunning
+	h := NewHub(m, Providers{Sinks: func() []SinkInfo { return []SinkInfo{{Name: "s", State: state, Reason: "because"}} }}, Status{}, nil)
+	r := NewRecent(10)
+	core := r.Core()
+	h.LogStates(zap.New(core))
+	for _, s := range []string{StateRunning, StateStalled, StateStalled, StateStalled, StateRunning} {
+		state = s
+		h.update(time.Now())
+	}
+	// running -> stalled (warn), stalled -> running (info, not kept by
+	// Recent, which keeps warnings): one warning for three stalled updates.
+	if es := r.Entries(); len(es) != 1 || es[0].Message != "state changed" {
+		t.Errorf("logged %+v, want one warning", es)
+	}
+}
+
 func TestRecentKeepsWarningsAndErrors(t *testing.T) {
 	r := NewRecent(3)
 	log := zap.New(r.Core()).Named("sink").With(zap.String("sink", "wh"))

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap"
 )
 
 // The states of a pipeline or a sink, worst last.
@@ -145,6 +146,37 @@ type Hub struct {
 	series  map[string]*series
 	history time.Duration
 	five    time.Time // when the last 5-second point was taken
+	log     *zap.Logger
+	states  map[string]string // "pipeline x" / "sink y" -> last state
+}
+
+// LogStates makes the hub log one line each time a pipeline or a sink
+// changes state (not once per event, nor once per update).
+func (h *Hub) LogStates(log *zap.Logger) {
+	h.mu.Lock()
+	h.log = log
+	h.mu.Unlock()
+}
+
+// noteState logs a change of what's state. h.mu is held.
+func (h *Hub) noteState(what, state, reason string) {
+	if h.states == nil {
+		h.states = map[string]string{}
+	}
+	prev, seen := h.states[what]
+	h.states[what] = state
+	if h.log == nil || (seen && prev == state) || (!seen && state == StateRunning) {
+		return
+	}
+	fields := []zap.Field{zap.String("part", what), zap.String("state", state), zap.String("was", prev)}
+	if reason != "" {
+		fields = append(fields, zap.String("reason", reason))
+	}
+	if state == StateRunning {
+		h.log.Info("state changed", fields...)
+	} else {
+		h.log.Warn("state changed", fields...)
+	}
 }
 
 // series keeps one counter's recent values.
@@ -325,6 +357,7 @@ func (h *Hub) update(now time.Time) {
 			}
 			ps.Tables = sorted(ts)
 			st.Pipeline = ps
+			h.noteState("pipeline "+ps.Name, ps.State, ps.Reason)
 			if stateRank(ps.State) > stateRank(st.State) {
 				st.State = ps.State
 			}
@@ -369,6 +402,7 @@ func (h *Hub) update(now time.Time) {
 			}
 			ss.Tables = sorted(ts)
 			st.Sinks = append(st.Sinks, ss)
+			h.noteState("sink "+ss.Name, ss.State, ss.Reason)
 			if stateRank(ss.State) > stateRank(st.State) {
 				st.State = ss.State
 			}

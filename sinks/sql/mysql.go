@@ -2,15 +2,12 @@ package sqlsink
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"database/sql"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -93,14 +90,6 @@ func mysqlConfig(dsn string) (*mysql.Config, error) {
 	if err != nil || u.Scheme != "mysql" || u.Hostname() == "" {
 		return nil, errors.New("want mysql://user:pass@host:port/db")
 	}
-	q := u.Query()
-	for k := range q {
-		switch k {
-		case "tls", "tls_ca", "tls_cert", "tls_key":
-		default:
-			return nil, fmt.Errorf("unknown parameter %q: use tls, tls_ca, tls_cert, tls_key", k)
-		}
-	}
 	c := mysql.NewConfig()
 	c.User = u.User.Username()
 	c.Passwd, _ = u.User.Password()
@@ -114,7 +103,7 @@ func mysqlConfig(dsn string) (*mysql.Config, error) {
 	c.Net = "tcp"
 	c.Addr = net.JoinHostPort(u.Hostname(), port)
 	c.DBName = strings.Trim(u.Path, "/")
-	if c.TLS, err = myTLS(q, u.Hostname()); err != nil {
+	if c.TLS, err = config.MySQLTLS(u.Query(), u.Hostname()); err != nil {
 		return nil, err
 	}
 	// Values are interpolated client-side: one round trip per statement
@@ -130,43 +119,6 @@ func mysqlConfig(dsn string) (*mysql.Config, error) {
 		return nil, err
 	}
 	return c, nil
-}
-
-// myTLS reads tls=true|skip-verify|false, tls_ca, tls_cert and tls_key, as
-// the MySQL source does.
-func myTLS(q url.Values, host string) (*tls.Config, error) {
-	var cfg *tls.Config
-	switch mode := q.Get("tls"); mode {
-	case "", "false":
-		if q.Get("tls_ca") != "" || q.Get("tls_cert") != "" {
-			return nil, errors.New("tls_ca/tls_cert need tls=true (or skip-verify)")
-		}
-		return nil, nil
-	case "true":
-		cfg = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
-	case "skip-verify":
-		cfg = &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12} //nolint:gosec // asked for by the user
-	default:
-		return nil, fmt.Errorf("tls=%q: use true, skip-verify or false", mode)
-	}
-	if ca := q.Get("tls_ca"); ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, fmt.Errorf("tls_ca: %w", err)
-		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls_ca %s: no PEM certificate in it", ca)
-		}
-	}
-	if cert, key := q.Get("tls_cert"), q.Get("tls_key"); cert != "" || key != "" {
-		pair, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return nil, fmt.Errorf("tls_cert/tls_key: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{pair}
-	}
-	return cfg, nil
 }
 
 // Close implements apply.Sink.

@@ -113,35 +113,7 @@ func (e *myEnv) testConformance(t *testing.T) {
 			return s
 		},
 		Rows: func(t *testing.T, _, table string) []map[string]*string {
-			rows, err := e.db.Query("SELECT * FROM " + myIdent(name) + "." + myIdent(table))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rows.Close()
-			cols, _ := rows.Columns()
-			var out []map[string]*string
-			for rows.Next() {
-				vals := make([]sql.NullString, len(cols))
-				ptrs := make([]any, len(cols))
-				for i := range vals {
-					ptrs[i] = &vals[i]
-				}
-				if err := rows.Scan(ptrs...); err != nil {
-					t.Fatal(err)
-				}
-				r := map[string]*string{}
-				for i, v := range vals {
-					r[cols[i]] = nil
-					if v.Valid {
-						r[cols[i]] = &v.String
-					}
-				}
-				out = append(out, r)
-			}
-			if err := rows.Err(); err != nil {
-				t.Fatal(err)
-			}
-			return out
+			return mapRows(t, e.db, "SELECT * FROM "+myIdent(name)+"."+myIdent(table))
 		},
 	})
 }
@@ -172,118 +144,52 @@ func (e *myEnv) sink(t *testing.T, cfg Config) (*MySQL, string) {
 // query returns the rows of q as text, "NULL" for NULL.
 func (e *myEnv) query(t *testing.T, q string, args ...any) [][]string {
 	t.Helper()
-	rows, err := e.db.Query(q, args...)
-	if err != nil {
-		t.Fatalf("%s: %v", q, err)
-	}
-	defer rows.Close()
-	cols, _ := rows.Columns()
-	var out [][]string
-	for rows.Next() {
-		vals := make([]sql.NullString, len(cols))
-		ptrs := make([]any, len(cols))
-		for i := range vals {
-			ptrs[i] = &vals[i]
-		}
-		if err := rows.Scan(ptrs...); err != nil {
-			t.Fatal(err)
-		}
-		row := make([]string, len(cols))
-		for i, v := range vals {
-			row[i] = "NULL"
-			if v.Valid {
-				row[i] = v.String
-			}
-		}
-		out = append(out, row)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return textRows(t, e.db, q, args...)
 }
 
 // expect checks q's rows, rendered one per line with | between values.
 func (e *myEnv) expect(t *testing.T, q string, want ...string) {
 	t.Helper()
-	var got []string
-	for _, r := range e.query(t, q) {
-		got = append(got, strings.Join(r, "|"))
-	}
-	if !slices.Equal(got, want) {
-		t.Errorf("%s:\ngot  %q\nwant %q", q, got, want)
-	}
+	expectRows(t, e.query(t, q), q, want...)
 }
-
-func mcol(name string, l change.Logical, typ string) change.Column {
-	return change.Column{Name: name, Logical: l, Type: typ}
-}
-
-func mkey(c change.Column) change.Column { c.Key = true; return c }
 
 func mtable(name string, cols ...change.Column) *change.Table {
-	t := &change.Table{Database: "src", Name: name, Topic: "t." + name, Columns: cols}
-	t.HasKey = slices.ContainsFunc(cols, func(c change.Column) bool { return c.Key })
-	return t
+	return table("src", "", "t."+name, name, cols...)
 }
 
-// ord is a change's Order: fixed-width hex, like codec.Order.
-func mord(n int) string { return fmt.Sprintf("%032x", n) }
+// mord is a change's Order.
+func mord(n int) string { return hexOrder(n, 32) }
 
-// row builds a change of t; vals are JSON values aligned with t.Columns,
+// mrow builds a change of t; vals are JSON values aligned with t.Columns,
 // "" for absent.
 func mrow(t *change.Table, op change.Op, order int, vals ...string) apply.Row {
-	r := apply.Row{Op: op, Order: []byte(mord(order))}
-	var k []string
-	for i, v := range vals {
-		if v != "" {
-			r.Values = append(r.Values, []byte(v))
-		} else {
-			r.Values = append(r.Values, nil)
-		}
-		if t.Columns[i].Key {
-			k = append(k, fmt.Sprintf("%q:%s", t.Columns[i].Name, v))
-		}
-	}
-	r.Key = []byte("{" + strings.Join(k, ",") + "}")
-	return r
-}
-
-func mbatch(t *change.Table, rows ...apply.Row) *apply.TableBatch {
-	return &apply.TableBatch{Table: t, Topic: t.Topic, Rows: rows}
-}
-
-func myApply(t *testing.T, s *MySQL, b *apply.TableBatch) {
-	t.Helper()
-	if err := s.Apply(context.Background(), b); err != nil {
-		t.Fatalf("apply: %v", err)
-	}
+	return row(t, op, []byte(mord(order)), vals...)
 }
 
 func (e *myEnv) testTypes(t *testing.T) {
 	s, db := e.sink(t, Config{})
 	tb := mtable("types",
-		mkey(mcol("id", change.Int64, "bigint")),
-		mcol("i16", change.Int16, "smallint"),
-		mcol("i32", change.Int32, "int"),
-		mcol("i64", change.Int64, "bigint"),
-		mcol("u64", change.Uint64, "bigint unsigned"),
-		mcol("dec", change.Decimal, "decimal(30,10)"),
-		mcol("num", change.Decimal, "numeric"),
-		mcol("f32", change.Float32, "real"),
-		mcol("f64", change.Float64, "double precision"),
-		mcol("b", change.Bool, "boolean"),
-		mcol("s", change.String, "text"),
-		mcol("bin", change.Bytes, "bytea"),
-		mcol("j", change.JSON, "jsonb"),
-		mcol("arr", change.Array, "_int4"),
-		mcol("u", change.UUID, "uuid"),
-		mcol("d", change.Date, "date"),
-		mcol("tm", change.Time, "time"),
-		mcol("ts", change.Timestamp, "timestamp"),
-		mcol("tstz", change.TimestampTZ, "timestamptz"),
-		mcol("ttz", change.TimeTZ, "timetz"),
-		mcol("iv", change.Interval, "interval"),
+		key(col("id", change.Int64, "bigint")),
+		col("i16", change.Int16, "smallint"),
+		col("i32", change.Int32, "int"),
+		col("i64", change.Int64, "bigint"),
+		col("u64", change.Uint64, "bigint unsigned"),
+		col("dec", change.Decimal, "decimal(30,10)"),
+		col("num", change.Decimal, "numeric"),
+		col("f32", change.Float32, "real"),
+		col("f64", change.Float64, "double precision"),
+		col("b", change.Bool, "boolean"),
+		col("s", change.String, "text"),
+		col("bin", change.Bytes, "bytea"),
+		col("j", change.JSON, "jsonb"),
+		col("arr", change.Array, "_int4"),
+		col("u", change.UUID, "uuid"),
+		col("d", change.Date, "date"),
+		col("tm", change.Time, "time"),
+		col("ts", change.Timestamp, "timestamp"),
+		col("tstz", change.TimestampTZ, "timestamptz"),
+		col("ttz", change.TimeTZ, "timetz"),
+		col("iv", change.Interval, "interval"),
 	)
 	full := mrow(tb, change.OpCreate, 10, "1", "-32768", "2147483647", "-9223372036854775808", "18446744073709551615",
 		`"12345678901234567890.0123456789"`, `"1.5"`, "1.5", "-3.25e+100", "true", `"héllo ' \\ \" 😀"`, `"AP8Q"`,
@@ -295,7 +201,7 @@ func (e *myEnv) testTypes(t *testing.T) {
 	}
 	neg := mrow(tb, change.OpRead, 11, "3", "0", "0", "0", "0", `"-0.5"`, "-7", "0", `"1e-300"`, "false", `""`, `""`,
 		`"[]"`, "[]", `"00000000-0000-0000-0000-000000000000"`, "-1", "-3723500000", "-1", `"1969-12-31T23:59:59.999999Z"`, `"00:00:00Z"`, `"PT0S"`)
-	myApply(t, s, mbatch(tb, full, mrow(tb, change.OpCreate, 10, nulls...), neg))
+	mustApply(t, s, batch(tb, full, mrow(tb, change.OpCreate, 10, nulls...), neg))
 
 	ts := time.UnixMicro(1795353255654321).UTC().Format("2006-01-02 15:04:05.000000")
 	e.expect(t, "SELECT id, i16, i32, i64, u64, `dec`, num, f32, f64, b, s, HEX(bin), JSON_EXTRACT(j, '$.a[1]'), JSON_LENGTH(arr), u, d, tm, ts, tstz, ttz, iv, _tideline_op, _tideline_position FROM "+db+".types ORDER BY id",
@@ -327,13 +233,13 @@ func (e *myEnv) testTypes(t *testing.T) {
 func (e *myEnv) testKeys(t *testing.T) {
 	s, db := e.sink(t, Config{})
 	tb := mtable("keys",
-		mkey(mcol("s", change.String, "varchar(20)")),
-		mkey(mcol("n", change.Int64, "bigint")),
-		mkey(mcol("x", change.Decimal, "numeric(30,20)")),
-		mkey(mcol("bin", change.Bytes, "bytea")),
-		mkey(mcol("ts", change.Timestamp, "timestamp")),
-		mkey(mcol("d", change.Date, "date")),
-		mcol("v", change.Int32, "int"),
+		key(col("s", change.String, "varchar(20)")),
+		key(col("n", change.Int64, "bigint")),
+		key(col("x", change.Decimal, "numeric(30,20)")),
+		key(col("bin", change.Bytes, "bytea")),
+		key(col("ts", change.Timestamp, "timestamp")),
+		key(col("d", change.Date, "date")),
+		col("v", change.Int32, "int"),
 	)
 	base := []string{`"a"`, "9007199254740993", `"0.10000000000000000001"`, `"AAE="`, "1000001", "1"}
 	variants := [][2]any{{-1, ""}, {0, `"A"`}, {0, `"a "`}, {1, "9007199254740992"}, {2, `"0.1"`}, {3, `"AAI="`}, {4, "1000002"}, {5, "2"}}
@@ -348,38 +254,38 @@ func (e *myEnv) testKeys(t *testing.T) {
 	for i := range variants {
 		rows = append(rows, mk(i, change.OpCreate, 10))
 	}
-	myApply(t, s, mbatch(tb, rows...))
+	mustApply(t, s, batch(tb, rows...))
 	e.expect(t, "SELECT COUNT(*) FROM "+db+".keys", "8")
 
 	// Delete the base row: only it goes.
-	myApply(t, s, mbatch(tb, mk(0, change.OpDelete, 20)))
+	mustApply(t, s, batch(tb, mk(0, change.OpDelete, 20)))
 	e.expect(t, "SELECT GROUP_CONCAT(v ORDER BY v) FROM "+db+".keys", "1,2,3,4,5,6,7")
 	// And then every variant, the base row's replay included.
 	rows = rows[:0]
 	for i := range variants {
 		rows = append(rows, mk(i, change.OpDelete, 30))
 	}
-	myApply(t, s, mbatch(tb, rows...))
+	mustApply(t, s, batch(tb, rows...))
 	e.expect(t, "SELECT COUNT(*) FROM "+db+".keys", "0")
 	e.expect(t, "SELECT COUNT(*) FROM "+db+"._tideline_tombstones WHERE table_name = 'keys' AND position = '"+mord(30)+"'", "8")
 }
 
 func (e *myEnv) testReplay(t *testing.T) {
 	s, db := e.sink(t, Config{})
-	tb := mtable("replay", mkey(mcol("id", change.Int32, "int")), mcol("v", change.String, "text"))
-	older := mbatch(tb, mrow(tb, change.OpCreate, 10, "1", `"one"`), mrow(tb, change.OpCreate, 10, "2", `"two"`))
-	newer := mbatch(tb, mrow(tb, change.OpUpdate, 20, "1", `"uno"`), mrow(tb, change.OpCreate, 20, "3", `"three"`))
-	myApply(t, s, older)
-	myApply(t, s, newer)
+	tb := mtable("replay", key(col("id", change.Int32, "int")), col("v", change.String, "text"))
+	older := batch(tb, mrow(tb, change.OpCreate, 10, "1", `"one"`), mrow(tb, change.OpCreate, 10, "2", `"two"`))
+	newer := batch(tb, mrow(tb, change.OpUpdate, 20, "1", `"uno"`), mrow(tb, change.OpCreate, 20, "3", `"three"`))
+	mustApply(t, s, older)
+	mustApply(t, s, newer)
 	q := "SELECT id, v, _tideline_op, _tideline_position, _tideline_applied_at FROM " + db + ".replay ORDER BY id"
 	want := e.query(t, q)
 	if len(want) != 3 || want[0][1] != "uno" || want[0][2] != "u" || want[0][3] != mord(20) {
 		t.Fatalf("after both batches: %q", want)
 	}
 	time.Sleep(10 * time.Millisecond) // a rewrite would show in _tideline_applied_at
-	myApply(t, s, newer)
-	myApply(t, s, older)
-	myApply(t, s, mbatch(tb, mrow(tb, change.OpUpdate, 15, "1", `"stale"`), mrow(tb, change.OpUpdate, 20, "2", `"dos"`)))
+	mustApply(t, s, newer)
+	mustApply(t, s, older)
+	mustApply(t, s, batch(tb, mrow(tb, change.OpUpdate, 15, "1", `"stale"`), mrow(tb, change.OpUpdate, 20, "2", `"dos"`)))
 	got := e.query(t, q)
 	want[1][1], want[1][2], want[1][3] = "dos", "u", mord(20)
 	got[1][4] = want[1][4] // row 2 was rewritten on purpose
@@ -390,74 +296,74 @@ func (e *myEnv) testReplay(t *testing.T) {
 
 func (e *myEnv) testDelete(t *testing.T) {
 	s, db := e.sink(t, Config{})
-	tb := mtable("del", mkey(mcol("id", change.Int64, "bigint")), mcol("v", change.String, "text"))
-	insert := mbatch(tb, mrow(tb, change.OpCreate, 10, "1", `"a"`), mrow(tb, change.OpCreate, 10, "2", `"b"`))
-	myApply(t, s, insert)
+	tb := mtable("del", key(col("id", change.Int64, "bigint")), col("v", change.String, "text"))
+	insert := batch(tb, mrow(tb, change.OpCreate, 10, "1", `"a"`), mrow(tb, change.OpCreate, 10, "2", `"b"`))
+	mustApply(t, s, insert)
 	// The before image of a delete may carry only the key.
-	myApply(t, s, mbatch(tb, mrow(tb, change.OpDelete, 20, "1", "")))
+	mustApply(t, s, batch(tb, mrow(tb, change.OpDelete, 20, "1", "")))
 	e.expect(t, "SELECT id FROM "+db+".del", "2")
 	e.expect(t, "SELECT table_name, `key`, position FROM "+db+"._tideline_tombstones", `del|{"id":1}|`+mord(20))
 	// Replaying the insert does not bring the row back.
-	myApply(t, s, insert)
+	mustApply(t, s, insert)
 	e.expect(t, "SELECT id, v FROM "+db+".del", "2|b")
 	// A new insert does, and a replayed older delete leaves it.
-	myApply(t, s, mbatch(tb, mrow(tb, change.OpCreate, 30, "1", `"again"`)))
-	myApply(t, s, mbatch(tb, mrow(tb, change.OpDelete, 25, "1", `"a"`)))
+	mustApply(t, s, batch(tb, mrow(tb, change.OpCreate, 30, "1", `"again"`)))
+	mustApply(t, s, batch(tb, mrow(tb, change.OpDelete, 25, "1", `"a"`)))
 	e.expect(t, "SELECT id, v, _tideline_position FROM "+db+".del ORDER BY id", "1|again|"+mord(30), "2|b|"+mord(10))
 	e.expect(t, "SELECT position FROM "+db+"._tideline_tombstones", mord(25))
 	// A delete of a key the target never had leaves a tombstone too.
-	myApply(t, s, mbatch(tb, mrow(tb, change.OpDelete, 40, "9", `"z"`)))
-	myApply(t, s, mbatch(tb, mrow(tb, change.OpCreate, 35, "9", `"z"`)))
+	mustApply(t, s, batch(tb, mrow(tb, change.OpDelete, 40, "9", `"z"`)))
+	mustApply(t, s, batch(tb, mrow(tb, change.OpCreate, 35, "9", `"z"`)))
 	e.expect(t, "SELECT COUNT(*) FROM "+db+".del WHERE id = 9", "0")
 }
 
 func (e *myEnv) testTruncate(t *testing.T) {
 	s, db := e.sink(t, Config{})
-	tb := mtable("trunc", mkey(mcol("id", change.Int32, "int")), mcol("v", change.String, "text"))
-	myApply(t, s, mbatch(tb, mrow(tb, change.OpCreate, 10, "1", `"a"`), mrow(tb, change.OpCreate, 20, "2", `"b"`)))
-	b := mbatch(tb, mrow(tb, change.OpCreate, 16, "3", `"c"`))
+	tb := mtable("trunc", key(col("id", change.Int32, "int")), col("v", change.String, "text"))
+	mustApply(t, s, batch(tb, mrow(tb, change.OpCreate, 10, "1", `"a"`), mrow(tb, change.OpCreate, 20, "2", `"b"`)))
+	b := batch(tb, mrow(tb, change.OpCreate, 16, "3", `"c"`))
 	b.Truncate = []byte(mord(15))
-	myApply(t, s, b)
+	mustApply(t, s, b)
 	e.expect(t, "SELECT id FROM "+db+".trunc ORDER BY id", "2", "3")
 	e.expect(t, "SELECT `key`, position FROM "+db+"._tideline_tombstones", "*|"+mord(15))
 	// Changes from before the truncate stay out.
-	myApply(t, s, mbatch(tb, mrow(tb, change.OpCreate, 10, "1", `"a"`), mrow(tb, change.OpCreate, 12, "4", `"d"`)))
+	mustApply(t, s, batch(tb, mrow(tb, change.OpCreate, 10, "1", `"a"`), mrow(tb, change.OpCreate, 12, "4", `"d"`)))
 	e.expect(t, "SELECT id FROM "+db+".trunc ORDER BY id", "2", "3")
 	// A replayed older truncate does not move the tombstone back.
 	b.Truncate = []byte(mord(5))
 	b.Rows = nil
-	myApply(t, s, b)
+	mustApply(t, s, b)
 	e.expect(t, "SELECT position FROM "+db+"._tideline_tombstones", mord(15))
 }
 
 func (e *myEnv) testSoftDelete(t *testing.T) {
 	s, db := e.sink(t, Config{SoftDelete: true})
-	tb := mtable("soft", mkey(mcol("id", change.Int32, "int")), mcol("v", change.String, "text"))
-	insert := mbatch(tb, mrow(tb, change.OpCreate, 10, "1", `"a"`), mrow(tb, change.OpCreate, 10, "2", `"b"`))
-	myApply(t, s, insert)
-	myApply(t, s, mbatch(tb, mrow(tb, change.OpDelete, 20, "1", `"a"`)))
+	tb := mtable("soft", key(col("id", change.Int32, "int")), col("v", change.String, "text"))
+	insert := batch(tb, mrow(tb, change.OpCreate, 10, "1", `"a"`), mrow(tb, change.OpCreate, 10, "2", `"b"`))
+	mustApply(t, s, insert)
+	mustApply(t, s, batch(tb, mrow(tb, change.OpDelete, 20, "1", `"a"`)))
 	q := "SELECT id, v, _tideline_op, _tideline_deleted, _tideline_position FROM " + db + ".soft ORDER BY id"
 	e.expect(t, q, "1|a|d|1|"+mord(20), "2|b|c|0|"+mord(10))
-	myApply(t, s, insert)
+	mustApply(t, s, insert)
 	e.expect(t, q, "1|a|d|1|"+mord(20), "2|b|c|0|"+mord(10))
 	e.expect(t, "SELECT COUNT(*) FROM "+db+"._tideline_tombstones", "0")
 
-	b := mbatch(tb, mrow(tb, change.OpCreate, 40, "1", `"new"`))
+	b := batch(tb, mrow(tb, change.OpCreate, 40, "1", `"new"`))
 	b.Truncate = []byte(mord(30))
-	myApply(t, s, b)
+	mustApply(t, s, b)
 	e.expect(t, q, "1|new|c|0|"+mord(40), "2|b|t|1|"+mord(30))
-	myApply(t, s, insert)
+	mustApply(t, s, insert)
 	e.expect(t, q, "1|new|c|0|"+mord(40), "2|b|t|1|"+mord(30))
 }
 
 func (e *myEnv) testAbsent(t *testing.T) {
 	s, db := e.sink(t, Config{})
-	tb := mtable("absent", mkey(mcol("id", change.Int32, "int")),
-		mcol("a", change.String, "text"), mcol("b", change.String, "text"), mcol("c", change.Int32, "int"))
-	myApply(t, s, mbatch(tb, mrow(tb, change.OpCreate, 10, "1", `"x"`, `"y"`, "1"), mrow(tb, change.OpCreate, 10, "2", `"x"`, `"y"`, "1")))
+	tb := mtable("absent", key(col("id", change.Int32, "int")),
+		col("a", change.String, "text"), col("b", change.String, "text"), col("c", change.Int32, "int"))
+	mustApply(t, s, batch(tb, mrow(tb, change.OpCreate, 10, "1", `"x"`, `"y"`, "1"), mrow(tb, change.OpCreate, 10, "2", `"x"`, `"y"`, "1")))
 	unavailable := `"` + change.UnavailableMarker + `"`
 	// Two presence groups in one batch.
-	myApply(t, s, mbatch(tb,
+	mustApply(t, s, batch(tb,
 		mrow(tb, change.OpUpdate, 20, "1", "", unavailable, "2"),
 		mrow(tb, change.OpUpdate, 20, "2", `"x2"`, "null", "")))
 	e.expect(t, "SELECT id, a, b, c, _tideline_position FROM "+db+".absent ORDER BY id",
@@ -466,34 +372,34 @@ func (e *myEnv) testAbsent(t *testing.T) {
 
 func (e *myEnv) testEvolve(t *testing.T) {
 	s, db := e.sink(t, Config{})
-	v1 := mtable("evolve", mkey(mcol("id", change.Int32, "int")), mcol("n", change.Int16, "smallint"), mcol("f", change.Float32, "real"))
-	myApply(t, s, mbatch(v1, mrow(v1, change.OpCreate, 10, "1", "7", "1.5")))
-	v2 := mtable("evolve", mkey(mcol("id", change.Int32, "int")), mcol("n", change.Int32, "int"), mcol("f", change.Float64, "double precision"),
-		mcol("added", change.String, "text"))
-	myApply(t, s, mbatch(v2, mrow(v2, change.OpCreate, 20, "2", "100000", "1.0000000001", `"new"`)))
+	v1 := mtable("evolve", key(col("id", change.Int32, "int")), col("n", change.Int16, "smallint"), col("f", change.Float32, "real"))
+	mustApply(t, s, batch(v1, mrow(v1, change.OpCreate, 10, "1", "7", "1.5")))
+	v2 := mtable("evolve", key(col("id", change.Int32, "int")), col("n", change.Int32, "int"), col("f", change.Float64, "double precision"),
+		col("added", change.String, "text"))
+	mustApply(t, s, batch(v2, mrow(v2, change.OpCreate, 20, "2", "100000", "1.0000000001", `"new"`)))
 	e.expect(t, "SELECT id, n, f, added FROM "+db+".evolve ORDER BY id", "1|7|1.5|NULL", "2|100000|1.0000000001|new")
 	e.expect(t, "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = '"+db+"' AND TABLE_NAME = 'evolve' AND COLUMN_NAME IN ('n', 'f', 'added') ORDER BY COLUMN_NAME",
 		"added|longtext", "f|double", "n|int(11)")
 	// A batch of the older shape (a replay) does not narrow anything.
-	myApply(t, s, mbatch(v1, mrow(v1, change.OpUpdate, 30, "1", "8", "2.5")))
+	mustApply(t, s, batch(v1, mrow(v1, change.OpUpdate, 30, "1", "8", "2.5")))
 	e.expect(t, "SELECT COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = '"+db+"' AND TABLE_NAME = 'evolve' AND COLUMN_NAME = 'n'", "int(11)")
 
 	// A column added behind the sink's back is found on the retry.
 	if _, err := e.db.Exec("ALTER TABLE " + db + ".evolve DROP COLUMN added"); err != nil {
 		t.Fatal(err)
 	}
-	err := s.Apply(context.Background(), mbatch(v2, mrow(v2, change.OpUpdate, 40, "2", "1", "1", `"back"`)))
+	err := s.Apply(context.Background(), batch(v2, mrow(v2, change.OpUpdate, 40, "2", "1", "1", `"back"`)))
 	if err == nil || apply.IsPermanent(err) {
 		t.Fatalf("apply to a table that lost a column: %v, want a transient error", err)
 	}
-	myApply(t, s, mbatch(v2, mrow(v2, change.OpUpdate, 40, "2", "1", "1", `"back"`)))
+	mustApply(t, s, batch(v2, mrow(v2, change.OpUpdate, 40, "2", "1", "1", `"back"`)))
 	e.expect(t, "SELECT added FROM "+db+".evolve WHERE id = 2", "back")
 }
 
 func (e *myEnv) testBadValues(t *testing.T) {
 	s, db := e.sink(t, Config{})
-	tb := mtable("bad", mkey(mcol("id", change.Int32, "int")), mcol("n", change.Int16, "smallint"),
-		mcol("bin", change.Bytes, "bytea"), mcol("j", change.JSON, "json"), mcol("f", change.Float32, "real"))
+	tb := mtable("bad", key(col("id", change.Int32, "int")), col("n", change.Int16, "smallint"),
+		col("bin", change.Bytes, "bytea"), col("j", change.JSON, "json"), col("f", change.Float32, "real"))
 	good := mrow(tb, change.OpCreate, 10, "1", "1", `"AA=="`, `"{}"`, "1")
 
 	// Values the sink cannot convert: that row, before anything is written.
@@ -502,7 +408,7 @@ func (e *myEnv) testBadValues(t *testing.T) {
 		{"2", "null", `"not base64!"`, "null", "null"},
 		{"2", "null", "null", "null", `"NaN"`},
 	} {
-		err := s.Apply(context.Background(), mbatch(tb, good, mrow(tb, change.OpCreate, 10, bad...)))
+		err := s.Apply(context.Background(), batch(tb, good, mrow(tb, change.OpCreate, 10, bad...)))
 		var re *apply.RowError
 		if !errors.As(err, &re) || re.Index != 1 {
 			t.Errorf("%v: got %v, want a RowError for row 1", bad, err)
@@ -516,7 +422,7 @@ func (e *myEnv) testBadValues(t *testing.T) {
 		{"2", "null", "null", `"{not json"`, "null"},
 		{"2", "null", "null", "null", "1e39"},
 	} {
-		err := s.Apply(context.Background(), mbatch(tb, good, mrow(tb, change.OpCreate, 10, bad...)))
+		err := s.Apply(context.Background(), batch(tb, good, mrow(tb, change.OpCreate, 10, bad...)))
 		var re *apply.RowError
 		if err == nil || !apply.IsPermanent(err) || errors.As(err, &re) {
 			t.Errorf("%v: got %v, want a permanent error", bad, err)
@@ -524,14 +430,14 @@ func (e *myEnv) testBadValues(t *testing.T) {
 	}
 	e.expect(t, "SELECT COUNT(*) FROM "+db+".bad", "0")
 	// The sink still works.
-	myApply(t, s, mbatch(tb, good))
+	mustApply(t, s, batch(tb, good))
 	e.expect(t, "SELECT id, n FROM "+db+".bad", "1|1")
 }
 
 func (e *myEnv) testNoKey(t *testing.T) {
 	s, _ := e.sink(t, Config{})
-	tb := mtable("nokey", mcol("v", change.String, "text"))
-	err := s.Apply(context.Background(), mbatch(tb, apply.Row{Op: change.OpCreate, Order: []byte(mord(1)), Values: []json.RawMessage{[]byte(`"x"`)}}))
+	tb := mtable("nokey", col("v", change.String, "text"))
+	err := s.Apply(context.Background(), batch(tb, apply.Row{Op: change.OpCreate, Order: []byte(mord(1)), Values: []json.RawMessage{[]byte(`"x"`)}}))
 	var re *apply.RejectError
 	if !errors.As(err, &re) || !errors.Is(err, errNoKey) {
 		t.Errorf("got %v, want a Reject of errNoKey", err)
@@ -540,27 +446,27 @@ func (e *myEnv) testNoKey(t *testing.T) {
 
 func (e *myEnv) testChunks(t *testing.T) {
 	s, db := e.sink(t, Config{})
-	tb := mtable("many", mkey(mcol("id", change.Int32, "int")), mcol("v", change.String, "text"))
+	tb := mtable("many", key(col("id", change.Int32, "int")), col("v", change.String, "text"))
 	const n = 2500
 	var ins, del []apply.Row
 	for i := range n {
 		ins = append(ins, mrow(tb, change.OpCreate, 10, fmt.Sprint(i), `"`+strings.Repeat("x", 2000)+`"`))
 		del = append(del, mrow(tb, change.OpDelete, 20, fmt.Sprint(i), ""))
 	}
-	myApply(t, s, mbatch(tb, ins...))
+	mustApply(t, s, batch(tb, ins...))
 	e.expect(t, "SELECT COUNT(*), SUM(LENGTH(v)) FROM "+db+".many", fmt.Sprint(n)+"|"+fmt.Sprint(n*2000))
-	myApply(t, s, mbatch(tb, del...))
-	myApply(t, s, mbatch(tb, ins...))
+	mustApply(t, s, batch(tb, del...))
+	mustApply(t, s, batch(tb, ins...))
 	e.expect(t, "SELECT COUNT(*) FROM "+db+".many", "0")
 	e.expect(t, "SELECT COUNT(*) FROM "+db+"._tideline_tombstones", fmt.Sprint(n))
 }
 
 func (e *myEnv) testTableFormat(t *testing.T) {
 	s, db := e.sink(t, Config{TableFormat: "{db}_{schema}_x.{table}"})
-	tb := mtable("fmt", mkey(mcol("id", change.Int32, "int")))
-	myApply(t, s, mbatch(tb, mrow(tb, change.OpCreate, 10, "1")))
+	tb := mtable("fmt", key(col("id", change.Int32, "int")))
+	mustApply(t, s, batch(tb, mrow(tb, change.OpCreate, 10, "1")))
 	e.expect(t, "SELECT id FROM src_src_x.fmt", "1")
 	e.expect(t, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '"+db+"'", "0")
-	myApply(t, s, mbatch(tb, mrow(tb, change.OpDelete, 20, "1")))
+	mustApply(t, s, batch(tb, mrow(tb, change.OpDelete, 20, "1")))
 	e.expect(t, "SELECT `key` FROM src_src_x._tideline_tombstones", `{"id":1}`)
 }

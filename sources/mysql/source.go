@@ -11,7 +11,6 @@ package mysql
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,8 +26,8 @@ import (
 	"github.com/go-mysql-org/go-mysql/client"
 	gmysql "github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/pingcap/tidb/pkg/parser"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
@@ -137,45 +136,10 @@ func parseDSN(dsn string) (endpoint, error) {
 	}
 	e.port = uint16(p)
 	e.addr = net.JoinHostPort(e.host, port)
-	if e.tls, err = tlsConfig(u.Query(), e.host); err != nil {
+	if e.tls, err = config.MySQLTLS(u.Query(), e.host); err != nil {
 		return endpoint{}, fmt.Errorf("source.dsn: %w", err)
 	}
 	return e, nil
-}
-
-func tlsConfig(q url.Values, host string) (*tls.Config, error) {
-	var cfg *tls.Config
-	switch mode := q.Get("tls"); mode {
-	case "", "false":
-		if q.Get("tls_ca") != "" || q.Get("tls_cert") != "" {
-			return nil, errors.New("tls_ca/tls_cert need tls=true (or skip-verify)")
-		}
-		return nil, nil
-	case "true":
-		cfg = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
-	case "skip-verify":
-		cfg = &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12} //nolint:gosec // asked for by the user
-	default:
-		return nil, fmt.Errorf("tls=%q: use true, skip-verify or false", mode)
-	}
-	if ca := q.Get("tls_ca"); ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, fmt.Errorf("tls_ca: %w", err)
-		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls_ca %s: no PEM certificate in it", ca)
-		}
-	}
-	if cert, key := q.Get("tls_cert"), q.Get("tls_key"); cert != "" || key != "" {
-		pair, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return nil, fmt.Errorf("tls_cert/tls_key: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{pair}
-	}
-	return cfg, nil
 }
 
 func (s *Source) connect(ctx context.Context, ep endpoint) (*client.Conn, error) {
