@@ -440,14 +440,8 @@ func (b *bench) runSink(ctx context.Context, st *sinkTarget, typ string, s apply
 		Sink: typ, Group: group, TopicPrefix: sinkPrefix, DLQTopic: sinkPrefix + ".dlq." + typ,
 		BatchRecords: set.BatchRecords, BatchBytes: int(set.BatchBytes), Linger: set.Linger,
 	}, s, apply.Deps{
-		Kafka: []kgo.Opt{kgo.SeedBrokers(b.brokers...), kgo.ClientID("tideline-bench-sink-" + typ)},
-		Shape: func(ctx context.Context, id []byte) (*change.Table, error) {
-			t, err := schemas.Table(ctx, id)
-			if errors.Is(err, kafka.ErrUnknownSchema) {
-				return nil, fmt.Errorf("%w: %v", apply.ErrUnknownShape, err)
-			}
-			return t, err
-		},
+		Kafka:       []kgo.Opt{kgo.SeedBrokers(b.brokers...), kgo.ClientID("tideline-bench-sink-" + typ)},
+		Shape:       schemas.Table,
 		EnsureTopic: topics.Ensure,
 		Metrics:     m,
 		Log:         log.Named("sink").With(zap.String("sink", typ)),

@@ -81,6 +81,9 @@ func statusCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("--url %q: %w", url, err)
 			}
+			if token == "" {
+				token = os.Getenv("TIDELINE_HTTP_TOKEN")
+			}
 			if token != "" {
 				req.Header.Set("Authorization", "Bearer "+token)
 			}
@@ -111,7 +114,8 @@ func statusCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&url, "url", "http://127.0.0.1:8080", "the running Tideline's HTTP address (its http.listen)")
-	cmd.Flags().StringVar(&token, "token", os.Getenv("TIDELINE_HTTP_TOKEN"), "http.token, when the server has one (default $TIDELINE_HTTP_TOKEN)")
+	// Not a flag default: cobra would print the token in --help.
+	cmd.Flags().StringVar(&token, "token", "", "http.token, when the server has one (default: $TIDELINE_HTTP_TOKEN)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON (docs/status.md)")
 	return cmd
 }

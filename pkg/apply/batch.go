@@ -14,6 +14,8 @@ import (
 )
 
 // ShapeFunc returns the table shape with a fingerprint (kafka.Schemas.Table).
+// Its error wraps change.ErrUnknownShape when no such shape exists (the
+// record goes to the dead-letter topic); any other error is retried.
 type ShapeFunc func(ctx context.Context, id []byte) (*change.Table, error)
 
 // event is a decoded change record.
@@ -86,21 +88,16 @@ type folder struct {
 	rows     map[string]*folded
 	order    []*folded // first-seen order
 	truncate []byte
-	// dropped holds the records a truncate made moot.
-	dropped []*kgo.Record
-	// keyless counts rows of tables without a key (they cannot be folded).
-	keyless int
-	minTs   int64
+	minTs    int64
 	// tb is the batch built from the folded rows, once folding is done.
 	tb *TableBatch
 }
 
 type folded struct {
-	mapKey  string
 	op      change.Op
 	key     []byte
 	order   []byte
-	shape   *change.Table
+	shape   *change.Table // of the newest change, to tell when fields line up
 	fields  []field
 	records []*kgo.Record
 }
@@ -126,52 +123,50 @@ func (f *folder) add(ev *event) {
 		kept := f.order[:0]
 		for _, r := range f.order {
 			if bytes.Compare(r.order, f.truncate) < 0 {
-				f.dropped = append(f.dropped, r.records...)
-				delete(f.rows, r.mapKey)
+				delete(f.rows, string(r.key)) // a moot change: never written
 				continue
 			}
 			kept = append(kept, r)
 		}
 		clear(f.order[len(kept):])
 		f.order = kept
-		f.dropped = append(f.dropped, ev.rec)
 		return
 	}
 	if f.truncate != nil && bytes.Compare(ev.order, f.truncate) < 0 {
-		f.dropped = append(f.dropped, ev.rec)
-		return
+		return // older than a truncate in this batch: moot
 	}
-	k := string(ev.key)
 	if len(ev.key) == 0 {
 		// No key: nothing to fold on; each change stands alone.
-		k = fmt.Sprintf("\x00%d/%d", ev.rec.Partition, ev.rec.Offset)
-		f.keyless++
+		f.order = append(f.order, &folded{op: ev.op, order: ev.order, shape: ev.shape, fields: ev.fields, records: []*kgo.Record{ev.rec}})
+		return
 	}
-	old, ok := f.rows[k]
+	old, ok := f.rows[string(ev.key)] // no allocation for the lookup
 	if !ok {
-		r := &folded{mapKey: k, op: ev.op, key: ev.key, order: ev.order, shape: ev.shape, fields: ev.fields, records: []*kgo.Record{ev.rec}}
-		f.rows[k] = r
+		r := &folded{op: ev.op, key: ev.key, order: ev.order, shape: ev.shape, fields: ev.fields, records: []*kgo.Record{ev.rec}}
+		f.rows[string(ev.key)] = r
 		f.order = append(f.order, r)
 		return
 	}
 	fields := ev.fields
-	if ev.op != change.OpDelete && old.op != change.OpDelete {
+	if ev.op != change.OpDelete && old.op != change.OpDelete && (ev.shape != old.shape || hasUnavailable(ev.fields)) {
 		// A column the newer change does not carry (an unchanged TOASTed
-		// value) still has the value the older change gave it.
-		carried := map[string]int{}
+		// value, or a column its shape lacks) still has the value the
+		// older change gave it. Changes of one shape that carry every
+		// value need no merge.
+		carried := make(map[string]int, len(ev.fields))
 		for i, f := range ev.fields {
 			carried[string(f.name)] = i
 		}
 		fields = append([]field(nil), ev.fields...)
 		for _, f := range old.fields {
-			if isMarker(f.raw) {
+			if IsUnavailable(f.raw) {
 				continue
 			}
 			i, ok := carried[string(f.name)]
 			switch {
 			case !ok:
 				fields = append(fields, f)
-			case isMarker(fields[i].raw):
+			case IsUnavailable(fields[i].raw):
 				fields[i] = f
 			}
 		}
@@ -180,9 +175,23 @@ func (f *folder) add(ev *event) {
 	old.records = append(old.records, ev.rec)
 }
 
-func isMarker(v json.RawMessage) bool {
-	return bytes.Equal(v, []byte(`"`+change.UnavailableMarker+`"`))
+func hasUnavailable(fs []field) bool {
+	for _, f := range fs {
+		if IsUnavailable(f.raw) {
+			return true
+		}
+	}
+	return false
 }
+
+// IsUnavailable reports whether v is Debezium's marker for a value the
+// source did not send (an unchanged TOASTed value): sinks keep what they
+// have.
+func IsUnavailable(v json.RawMessage) bool {
+	return bytes.Equal(v, unavailable)
+}
+
+var unavailable = []byte(`"` + change.UnavailableMarker + `"`)
 
 // batch builds the TableBatch: columns are the newest shape's, then those
 // only older shapes had; values are aligned with them.

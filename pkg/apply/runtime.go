@@ -73,10 +73,10 @@ type Runtime struct {
 	batches, retries prometheus.Counter
 	applyLat, e2e    prometheus.Observer
 
-	// hw and pos are each partition's high watermark and the next offset
-	// to apply, for the lag gauge.
-	hw, pos map[string]map[int32]int64
-	tables  map[string]string // topic -> table label
+	// hw is each partition's high watermark, for the lag gauge; it and
+	// tables are used by the applier goroutine only.
+	hw     map[string]map[int32]int64
+	tables map[string]string // topic -> table label
 
 	// For the status page, written by the runtime's goroutines.
 	running      atomic.Bool
@@ -128,7 +128,7 @@ func New(cfg Config, sink Sink, d Deps) *Runtime {
 		retries:  d.Metrics.SinkRetries.WithLabelValues(cfg.Sink),
 		applyLat: d.Metrics.SinkApply.WithLabelValues(cfg.Sink),
 		e2e:      d.Metrics.SinkCommitToApply.WithLabelValues(cfg.Sink),
-		hw:       map[string]map[int32]int64{}, pos: map[string]map[int32]int64{}, tables: map[string]string{},
+		hw:       map[string]map[int32]int64{}, tables: map[string]string{},
 	}
 }
 
@@ -165,8 +165,12 @@ func (r *Runtime) Run(ctx context.Context) error {
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.DisableAutoCommit(),
 		// No rebalance between a poll and the commit of what it
-		// returned: a revoked partition is never committed for, and
-		// never applied twice at once by two members.
+		// returned: a partition is only revoked once everything polled
+		// from it is applied and committed. (A member whose batch takes
+		// longer than the rebalance timeout — a target down for long — is
+		// evicted meanwhile and its commit is refused: the new owner
+		// applies those records again, which the position guard makes
+		// harmless.)
 		kgo.BlockRebalanceOnPoll(),
 		kgo.FetchMaxBytes(int32(max(r.cfg.BatchBytes, 1<<20))),
 		// A broker holds an empty fetch this long; short, so a poll that
@@ -273,7 +277,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 					r.mark(r.hw, topic, p, v)
 				}
 			}
-			r.updateLag()
+			r.updateLag(cl.CommittedOffsets())
 			pending.Add(-1)
 			select {
 			case finished <- struct{}{}:
@@ -305,14 +309,13 @@ func (r *Runtime) poll(ctx context.Context, cl *kgo.Client) ([]*kgo.Record, map[
 	size := 0
 	var deadline time.Time
 	for {
-		pctx := ctx
-		var cancel context.CancelFunc = func() {}
-		if !deadline.IsZero() {
-			pctx, cancel = context.WithDeadline(ctx, deadline)
-		} else {
-			// Wake now and then so lag and rebalances are looked after.
-			pctx, cancel = context.WithTimeout(ctx, time.Second)
+		// Until the first record, wake now and then so that rebalances
+		// are allowed; after it, stop at the linger's deadline.
+		wake := deadline
+		if wake.IsZero() {
+			wake = time.Now().Add(time.Second)
 		}
+		pctx, cancel := context.WithDeadline(ctx, wake)
 		fs := cl.PollRecords(pctx, r.cfg.BatchRecords-len(recs))
 		cancel()
 		if fs.IsClientClosed() || ctx.Err() != nil {
@@ -363,23 +366,27 @@ func (r *Runtime) mark(m map[string]map[int32]int64, topic string, p int32, v in
 	pm[p] = v
 }
 
-func (r *Runtime) updateLag() {
+// updateLag sets the lag gauges from the high watermarks seen and the
+// group's committed offsets of the partitions this member owns (a
+// partition it no longer owns is forgotten).
+func (r *Runtime) updateLag(committed map[string]map[int32]kgo.EpochOffset) {
 	var total int64
-	defer func() { r.lag.Store(total) }()
 	for topic, parts := range r.hw {
 		var lag int64
 		for p, hw := range parts {
-			pos, ok := r.pos[topic][p]
+			c, ok := committed[topic][p]
 			if !ok {
-				pos = 0
+				delete(parts, p)
+				continue
 			}
-			lag += max(hw-pos, 0)
+			lag += max(hw-max(c.Offset, 0), 0)
 		}
 		total += lag
 		if label, ok := r.tables[topic]; ok {
 			r.d.Metrics.SinkLag.WithLabelValues(r.cfg.Sink, label).Set(float64(lag))
 		}
 	}
+	r.lag.Store(total)
 }
 
 // rejected is a record bound for the dead-letter topic.
@@ -437,7 +444,7 @@ func (r *Runtime) handle(ctx context.Context, cl *kgo.Client, w *prepared) error
 	for _, topic := range w.topics {
 		f := w.folders[topic]
 		tb := f.tb
-		label := tableLabel(tb.Table)
+		label := tb.Table.Label()
 		r.tables[topic] = label
 		start := time.Now()
 		rej, err := r.applyTable(ctx, tb)
@@ -476,34 +483,41 @@ func (r *Runtime) handle(ctx context.Context, cl *kgo.Client, w *prepared) error
 // topic unreachable) is retried, a record it cannot read at all is
 // returned as an error for the dead-letter topic.
 func (r *Runtime) decodeRetrying(ctx context.Context, rec *kgo.Record, scratch []field) (*event, []field, error) {
-	bo := newBackoff()
+	var ev *event
+	out := scratch
+	err := r.retry(ctx, "reading a table shape", []zap.Field{zap.String("topic", rec.Topic)}, func() error {
+		var err error
+		ev, out, err = decode(ctx, rec, r.d.Shape, scratch)
+		return err
+	}, func(err error) bool { return errors.Is(err, errPoison) || errors.Is(err, change.ErrUnknownShape) })
+	return ev, out, err
+}
+
+// retry runs op until it succeeds, returns an error final says to stop
+// at, or ctx is done. Every other failure is counted, marks the sink
+// failing, is logged, and is retried with exponential backoff, without
+// limit (a daemon waits for its target to come back).
+func (r *Runtime) retry(ctx context.Context, what string, fields []zap.Field, op func() error, final func(error) bool) error {
+	var bo *backoff.ExponentialBackOff
 	for {
-		ev, out, err := decode(ctx, rec, r.d.Shape, scratch)
-		if err == nil || errors.Is(err, errPoison) || errors.Is(err, ErrUnknownShape) {
-			return ev, out, err
+		err := op()
+		if err == nil || (final != nil && final(err)) {
+			return err
 		}
 		if ctx.Err() != nil {
-			return nil, out, ctx.Err()
+			return ctx.Err()
+		}
+		if bo == nil {
+			bo = newBackoff()
 		}
 		r.retries.Inc()
 		r.failing(err)
 		wait := bo.NextBackOff()
-		r.log.Warn("reading a table shape failed; retrying", zap.String("topic", rec.Topic), zap.Error(err), zap.Duration("retry_in", wait))
+		r.log.Warn(what+" failed; retrying", append(fields, zap.Error(err), zap.Duration("retry_in", wait))...)
 		if err := sleep(ctx, wait); err != nil {
-			return nil, out, err
+			return err
 		}
 	}
-}
-
-// ErrUnknownShape is what a ShapeFunc's error wraps when the fingerprint is
-// not in the schemas topic: the record goes to the dead-letter topic.
-var ErrUnknownShape = errors.New("unknown table shape")
-
-func tableLabel(t *change.Table) string {
-	if t.Schema != "" {
-		return t.Schema + "." + t.Name
-	}
-	return t.Database + "." + t.Name
 }
 
 func newBackoff() *backoff.ExponentialBackOff {
@@ -528,22 +542,17 @@ func sleep(ctx context.Context, d time.Duration) error {
 // isolating the rows a permanent failure is about; it returns the records
 // of the rows the sink rejected.
 func (r *Runtime) applyTable(ctx context.Context, tb *TableBatch) ([]rejected, error) {
-	if len(tb.Rows) == 0 && tb.Truncate == nil {
-		return nil, nil
-	}
-	bo := newBackoff()
 	var out []rejected
-	for {
-		err := r.sink.Apply(ctx, tb)
-		if err == nil {
-			return out, nil
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
+	for len(tb.Rows) > 0 || tb.Truncate != nil {
+		err := r.retry(ctx, "apply", []zap.Field{zap.String("topic", tb.Topic), zap.Int("rows", len(tb.Rows))},
+			func() error { return r.sink.Apply(ctx, tb) }, IsPermanent)
 		var rowErr *RowError
 		var all *RejectError
 		switch {
+		case err == nil:
+			return out, nil
+		case !IsPermanent(err):
+			return nil, err // ctx done
 		case errors.As(err, &all):
 			for _, row := range tb.Rows {
 				out = append(out, rejectRow(row, err)...)
@@ -554,25 +563,14 @@ func (r *Runtime) applyTable(ctx context.Context, tb *TableBatch) ([]rejected, e
 			rest := *tb
 			rest.Rows = append(append([]Row(nil), tb.Rows[:rowErr.Index]...), tb.Rows[rowErr.Index+1:]...)
 			tb = &rest
-			if len(tb.Rows) == 0 && tb.Truncate == nil {
-				return out, nil
-			}
-		case IsPermanent(err):
-			if len(tb.Rows) <= 1 {
-				if tb.Truncate != nil && len(tb.Rows) == 0 {
-					return nil, fmt.Errorf("sink %s: truncate of %s: %w", r.cfg.Sink, tb.Topic, err)
-				}
-				for _, row := range tb.Rows {
-					out = append(out, rejectRow(row, err)...)
-				}
-				if tb.Truncate == nil {
-					return out, nil
-				}
-				rest := *tb
-				rest.Rows = nil
-				tb = &rest
-				continue
-			}
+		case len(tb.Rows) == 0:
+			return nil, fmt.Errorf("sink %s: truncate of %s: %w", r.cfg.Sink, tb.Topic, err)
+		case len(tb.Rows) == 1:
+			out = append(out, rejectRow(tb.Rows[0], err)...)
+			rest := *tb
+			rest.Rows = nil
+			tb = &rest
+		default:
 			// Split to find the rows at fault; the halves are applied in
 			// turn (the truncate with the first).
 			half := len(tb.Rows) / 2
@@ -587,17 +585,9 @@ func (r *Runtime) applyTable(ctx context.Context, tb *TableBatch) ([]rejected, e
 				return nil, err
 			}
 			return append(append(out, ra...), rb...), nil
-		default:
-			r.retries.Inc()
-			r.failing(err)
-			wait := bo.NextBackOff()
-			r.log.Warn("apply failed; retrying", zap.String("topic", tb.Topic), zap.Int("rows", len(tb.Rows)),
-				zap.Error(err), zap.Duration("retry_in", wait))
-			if err := sleep(ctx, wait); err != nil {
-				return nil, err
-			}
 		}
 	}
+	return out, nil
 }
 
 func rejectRow(row Row, err error) []rejected {
@@ -617,76 +607,69 @@ const (
 	HeaderSink      = "tideline.error.sink"
 )
 
+// maxErrorHeader bounds the error text a dead-letter record carries, so
+// the header cannot make the record too large to write.
+const maxErrorHeader = 4096
+
 // deadLetter writes the rejected records to the dead-letter topic and
-// waits for Kafka's acknowledgement, retrying without limit: their offsets
-// are committed only once they are there.
+// waits for Kafka's acknowledgement, retrying transient failures without
+// limit: their offsets are committed only once they are there. An error
+// Kafka says is final (a record too large) stops the sink: nothing is
+// skipped silently.
 func (r *Runtime) deadLetter(ctx context.Context, cl *kgo.Client, dead []rejected) error {
 	recs := make([]*kgo.Record, 0, len(dead))
 	for _, d := range dead {
-		label, ok := r.tables[d.rec.Topic]
-		if !ok {
-			label = strings.TrimPrefix(d.rec.Topic, r.cfg.TopicPrefix+".")
+		msg := d.err.Error()
+		if len(msg) > maxErrorHeader {
+			msg = msg[:maxErrorHeader]
 		}
-		r.d.Metrics.SinkDLQ.WithLabelValues(r.cfg.Sink, label).Inc()
 		h := append([]kgo.RecordHeader(nil), d.rec.Headers...)
 		h = append(h,
-			kgo.RecordHeader{Key: HeaderError, Value: []byte(d.err.Error())},
+			kgo.RecordHeader{Key: HeaderError, Value: []byte(msg)},
 			kgo.RecordHeader{Key: HeaderTopic, Value: []byte(d.rec.Topic)},
 			kgo.RecordHeader{Key: HeaderPartition, Value: []byte(strconv.Itoa(int(d.rec.Partition)))},
 			kgo.RecordHeader{Key: HeaderOffset, Value: []byte(strconv.FormatInt(d.rec.Offset, 10))},
 			kgo.RecordHeader{Key: HeaderSink, Value: []byte(r.cfg.Sink)},
 		)
 		recs = append(recs, &kgo.Record{Topic: r.cfg.DLQTopic, Key: d.rec.Key, Value: d.rec.Value, Headers: h})
+	}
+	err := r.retry(ctx, "writing to the dead-letter topic", []zap.Field{zap.String("topic", r.cfg.DLQTopic)},
+		func() error { return cl.ProduceSync(ctx, recs...).FirstErr() },
+		func(err error) bool {
+			var ke *kerr.Error
+			return errors.As(err, &ke) && !ke.Retriable
+		})
+	if err != nil {
+		return fmt.Errorf("sink %s: write to the dead-letter topic %s: %w", r.cfg.Sink, r.cfg.DLQTopic, err)
+	}
+	for _, d := range dead {
+		label, ok := r.tables[d.rec.Topic]
+		if !ok {
+			label = strings.TrimPrefix(d.rec.Topic, r.cfg.TopicPrefix+".")
+		}
+		r.d.Metrics.SinkDLQ.WithLabelValues(r.cfg.Sink, label).Inc()
 		r.log.Warn("record sent to the dead-letter topic", zap.String("topic", d.rec.Topic),
 			zap.Int32("partition", d.rec.Partition), zap.Int64("offset", d.rec.Offset), zap.Error(d.err))
 	}
-	bo := newBackoff()
-	for {
-		err := cl.ProduceSync(ctx, recs...).FirstErr()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		r.retries.Inc()
-		r.failing(err)
-		wait := bo.NextBackOff()
-		r.log.Warn("writing to the dead-letter topic failed; retrying", zap.String("topic", r.cfg.DLQTopic), zap.Error(err), zap.Duration("retry_in", wait))
-		if err := sleep(ctx, wait); err != nil {
-			return err
-		}
-	}
+	return nil
 }
 
 // commit commits the offsets after recs, retrying transient failures. A
-// commit the group refuses (this member was fenced after a rebalance)
-// is not retried: the new owner replays those records, harmlessly.
+// commit the group refuses (this member was evicted or fenced during a
+// rebalance) is not retried: the partitions' new owner applies those
+// records again, harmlessly.
 func (r *Runtime) commit(ctx context.Context, cl *kgo.Client, recs []*kgo.Record) error {
-	bo := newBackoff()
-	start := time.Now()
-	for {
-		err := cl.CommitRecords(ctx, recs...)
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		r.retries.Inc()
-		r.failing(err)
-		wait := bo.NextBackOff()
-		r.log.Warn("offset commit failed; retrying", zap.Error(err), zap.Duration("retry_in", wait))
-		if time.Since(start) > time.Minute {
-			r.log.Warn("offset commit keeps failing; the records will be applied again (harmlessly) after the next rebalance", zap.Error(err))
-			return nil
-		}
-		if err := sleep(ctx, wait); err != nil {
-			return err
-		}
+	err := r.retry(ctx, "offset commit", nil, func() error { return cl.CommitRecords(ctx, recs...) }, groupRefused)
+	if groupRefused(err) {
+		r.log.Warn("offset commit refused after a rebalance; the partitions' new owner applies these records again", zap.Error(err))
+		return nil
 	}
-	for _, rec := range recs {
-		r.mark(r.pos, rec.Topic, rec.Partition, rec.Offset+1)
-	}
-	return nil
+	return err
+}
+
+// groupRefused reports a commit refused because this member no longer
+// belongs to the group's current generation.
+func groupRefused(err error) bool {
+	return errors.Is(err, kerr.IllegalGeneration) || errors.Is(err, kerr.UnknownMemberID) ||
+		errors.Is(err, kerr.RebalanceInProgress) || errors.Is(err, kerr.FencedInstanceID)
 }

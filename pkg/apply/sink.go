@@ -64,10 +64,10 @@ type Row struct {
 	// greater means newer.
 	Order []byte
 	// Values are aligned with TableBatch.Table.Columns: the after image,
-	// or the before image for a delete (at least the key columns). A nil
-	// entry means absent: the change did not carry the column (an
-	// unchanged TOASTed value, or a column its shape did not have), and
-	// the target keeps what it has. JSON null is SQL NULL.
+	// or the before image for a delete (only its key columns). A nil entry
+	// (a column the change's shape did not have) or the unavailable marker
+	// (IsUnavailable: an unchanged TOASTed value) means absent: the target
+	// keeps what it has. JSON null is SQL NULL.
 	Values []json.RawMessage
 	// Records are the Kafka records folded into this row, oldest first:
 	// what goes to the dead-letter topic if the row is rejected.

@@ -11,7 +11,6 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/zap"
 
@@ -45,13 +44,17 @@ type Pipeline struct {
 	c2a      prometheus.Observer
 
 	ready      atomic.Bool
-	lastCommit atomic.Int64 // unix nanos of the last checkpoint move
-	lastPos    atomic.Pointer[change.Position]
-	committed  atomic.Bool // a checkpoint moved since the start
+	lastCommit atomic.Int64                    // unix nanos of the last checkpoint move
+	lastPos    atomic.Pointer[change.Position] // nil until a checkpoint moved
 	source     string
+	prefix     string // the topic prefix: <prefix>.dlq.* belongs to the sinks
 	lagSeconds prometheus.Gauge
-	mu         sync.Mutex
-	lastE      error
+	lagMicros  atomic.Int64 // what lagSeconds shows, for Info
+	// shapeIDs caches the schemas' fingerprints by table; Handle runs on
+	// the source goroutine only, so it needs no lock.
+	shapeIDs map[*change.Table][]byte
+	mu       sync.Mutex
+	lastE    error
 }
 
 var opIndex = [...]change.Op{change.OpCreate, change.OpUpdate, change.OpDelete, change.OpRead, change.OpTruncate}
@@ -80,6 +83,7 @@ func New(name string, src Source, cl *kgo.Client, topics *kafka.Topics, schemas 
 		log:        log,
 		produceCtx: context.Background(),
 		events:     map[*change.Table]*[len(opIndex)]prometheus.Counter{},
+		shapeIDs:   map[*change.Table][]byte{},
 		inflight:   m.InFlightBytes.WithLabelValues(name),
 		pubLat:     m.PublishLatency.WithLabelValues(name),
 		c2a:        m.CommitToAck.WithLabelValues(name),
@@ -94,7 +98,6 @@ func New(name string, src Source, cl *kgo.Client, topics *kafka.Topics, schemas 
 	p.tracker = checkpoint.New(budget, func(pos change.Position) {
 		p.lastCommit.Store(time.Now().UnixNano())
 		p.lastPos.Store(&pos)
-		p.committed.Store(true)
 		cpTime.SetToCurrentTime()
 		src.Commit(pos)
 	})
@@ -104,6 +107,22 @@ func New(name string, src Source, cl *kgo.Client, topics *kafka.Topics, schemas 
 // WithSourceType names the source kind in the status (postgres, mysql).
 func WithSourceType(t string) Option { return func(p *Pipeline) { p.source = t } }
 
+// WithTopicPrefix tells the pipeline its topic prefix: a captured table
+// whose topic would be one of the sinks' dead-letter topics
+// (<prefix>.dlq.<sink>) stops it with an error instead of mixing the two.
+func WithTopicPrefix(prefix string) Option { return func(p *Pipeline) { p.prefix = prefix } }
+
+// StallAfter is how long batches may wait for Kafka without the checkpoint
+// moving before the pipeline is not ready (stalled).
+const StallAfter = 2 * time.Minute
+
+// What Ready reports, to test with errors.Is.
+var (
+	ErrStarting   = errors.New("source starting (snapshot or connecting)")
+	ErrNotRunning = errors.New("source not running")
+	ErrStalled    = errors.New("stalled")
+)
+
 // Info reports the pipeline's state for the status page: failed while the
 // source cannot run (it is retried), catching up during the snapshot or
 // when far behind, stalled when batches wait for Kafka without the
@@ -112,19 +131,17 @@ func (p *Pipeline) Info() *observe.PipelineInfo {
 	pi := &observe.PipelineInfo{Name: p.name, Source: p.source, State: observe.StateRunning}
 	if pos := p.lastPos.Load(); pos != nil {
 		pi.Checkpoint = string(*pos)
-	}
-	if p.committed.Load() {
 		pi.CheckpointAt = time.Unix(0, p.lastCommit.Load())
 	}
-	err := p.Ready(2 * time.Minute)
-	lag := metricValue(p.lagSeconds)
+	err := p.Ready(StallAfter)
+	lag := float64(p.lagMicros.Load()) / 1e6
 	switch {
 	case err == nil && lag > 30:
 		pi.State, pi.Reason = observe.StateCatchingUp, fmt.Sprintf("%.0f s behind the source", lag)
 	case err == nil:
-	case strings.HasPrefix(err.Error(), "stalled"):
+	case errors.Is(err, ErrStalled):
 		pi.State, pi.Reason = observe.StateStalled, err.Error()
-	case strings.HasPrefix(err.Error(), "source starting"):
+	case errors.Is(err, ErrStarting):
 		pi.State, pi.Reason = observe.StateCatchingUp, "initial snapshot or connecting"
 	case p.LastError() != nil:
 		pi.State, pi.Reason = observe.StateFailed, err.Error()+"; retrying"
@@ -132,14 +149,6 @@ func (p *Pipeline) Info() *observe.PipelineInfo {
 		pi.State, pi.Reason = observe.StateCatchingUp, "starting"
 	}
 	return pi
-}
-
-func metricValue(g prometheus.Gauge) float64 {
-	var m dto.Metric
-	if err := g.Write(&m); err != nil {
-		return 0
-	}
-	return m.GetGauge().GetValue()
 }
 
 // Tracker returns the pipeline's checkpoint tracker (for status and tests).
@@ -150,16 +159,16 @@ func (p *Pipeline) Tracker() *checkpoint.Tracker { return p.tracker }
 // without any checkpoint moving.
 func (p *Pipeline) Ready(stall time.Duration) error {
 	if st, ok := p.src.(interface{ Streaming() bool }); ok && p.ready.Load() && !st.Streaming() {
-		return errors.New("source starting (snapshot or connecting)")
+		return ErrStarting
 	}
 	if !p.ready.Load() {
 		if err := p.LastError(); err != nil {
-			return fmt.Errorf("source not running: %w", err)
+			return fmt.Errorf("%w: %w", ErrNotRunning, err)
 		}
-		return errors.New("source not running")
+		return ErrNotRunning
 	}
 	if since := time.Since(time.Unix(0, p.lastCommit.Load())); p.tracker.Pending() > 0 && since > stall {
-		return fmt.Errorf("stalled: no checkpoint delivered for %s with %d batches in flight", since.Round(time.Second), p.tracker.Pending())
+		return fmt.Errorf("%w: no checkpoint delivered for %s with %d batches in flight", ErrStalled, since.Round(time.Second), p.tracker.Pending())
 	}
 	return nil
 }
@@ -205,10 +214,11 @@ func (p *Pipeline) Handle(ctx context.Context, b *change.Batch) error {
 		now := time.Now()
 		p.pubLat.Observe(now.Sub(start).Seconds())
 		if p.tracker.Pending() == 0 {
-			p.lagSeconds.Set(0) // caught up: nothing in flight
+			p.lagMicros.Store(0) // caught up: nothing in flight
 		} else if commitMicros > 0 {
-			p.lagSeconds.Set(float64(now.UnixMicro()-commitMicros) / 1e6)
+			p.lagMicros.Store(now.UnixMicro() - commitMicros)
 		}
+		p.lagSeconds.Set(float64(p.lagMicros.Load()) / 1e6)
 		if commitMicros > 0 {
 			p.c2a.Observe(float64(now.UnixMicro()-commitMicros) / 1e6)
 			if p.onAck != nil {
@@ -224,6 +234,10 @@ func (p *Pipeline) ensureTopics(ctx context.Context, b *change.Batch) error {
 	var last string
 	for i := range b.Records {
 		if t := b.Records[i].Topic; t != last {
+			if p.prefix != "" && strings.HasPrefix(t, p.prefix+".dlq.") {
+				return Fatal(fmt.Errorf("table %s would publish to %s, a name the sinks' dead-letter topics use (<prefix>.dlq.<sink>): "+
+					"leave the schema or database named dlq out of source.tables, or change kafka.topic_prefix", b.Records[i].Table.Label(), t))
+			}
 			if err := p.topics.Ensure(ctx, t); err != nil {
 				return err
 			}
@@ -237,19 +251,21 @@ func (p *Pipeline) ensureTopics(ctx context.Context, b *change.Batch) error {
 // published yet (and waiting for their ack) before any record naming them
 // is produced.
 func (p *Pipeline) stampSchemas(ctx context.Context, b *change.Batch) error {
-	var last *change.Table
-	var id []byte
 	for i := range b.Records {
 		r := &b.Records[i]
 		if r.Table == nil || r.Value == nil {
 			continue
 		}
-		if r.Table != last {
+		id, ok := p.shapeIDs[r.Table]
+		if !ok {
 			var err error
 			if id, err = p.schemas.ID(ctx, r.Table); err != nil {
 				return err
 			}
-			last = r.Table
+			if len(p.shapeIDs) >= 4096 {
+				clear(p.shapeIDs) // every schema change makes a new *Table
+			}
+			p.shapeIDs[r.Table] = id
 		}
 		r.Schema = id
 	}
@@ -271,13 +287,7 @@ func (p *Pipeline) count(b *change.Batch) {
 					clear(p.events) // every schema change makes a new *Table
 				}
 				c = new([len(opIndex)]prometheus.Counter)
-				// schema.table (PostgreSQL) or db.table (MySQL).
-				tname := r.Table.Name
-				if r.Table.Schema != "" {
-					tname = r.Table.Schema + "." + r.Table.Name
-				} else if r.Table.Database != "" {
-					tname = r.Table.Database + "." + r.Table.Name
-				}
+				tname := r.Table.Label()
 				for j, op := range opIndex {
 					c[j] = p.m.Events.WithLabelValues(p.name, tname, op.String())
 				}

@@ -3,6 +3,8 @@
 // publisher. It is pure data: no I/O, no clients.
 package change
 
+import "errors"
+
 // Op is the kind of change, with Debezium's one-letter codes.
 type Op byte
 
@@ -111,6 +113,15 @@ type Table struct {
 	HasKey bool
 }
 
+// Label names the table in metrics and the status: schema.table
+// (PostgreSQL) or db.table (MySQL).
+func (t *Table) Label() string {
+	if t.Schema != "" {
+		return t.Schema + "." + t.Name
+	}
+	return t.Database + "." + t.Name
+}
+
 // Source is the part of an event's metadata that says where it came from.
 // Fields that a connector does not use stay zero and are not encoded.
 type Source struct {
@@ -162,6 +173,11 @@ type Event struct {
 	// file:position of the transaction's start).
 	TxName string
 }
+
+// ErrUnknownShape is wrapped by the error of a shape lookup (the schemas
+// topic) for a fingerprint nobody published: a record naming it cannot be
+// decoded, ever.
+var ErrUnknownShape = errors.New("unknown table shape")
 
 // Position is a source position, owned and interpreted only by the source
 // that made it. Everyone else treats it as an opaque token.

@@ -96,6 +96,21 @@ func (e *Encoder) Key(ev *change.Event) []byte {
 // Value returns the JSON envelope for ev. tsMs is the time Tideline
 // processed the event (the envelope's top-level ts_ms).
 func (e *Encoder) Value(ev *change.Event, tsMs int64) []byte {
+	return clone(e.appendValue(ev, tsMs))
+}
+
+// ValueOrder returns Value(ev, tsMs) and Order(ev), in one allocation: what
+// a source puts on each record.
+func (e *Encoder) ValueOrder(ev *change.Event, tsMs int64) (value, order []byte) {
+	b := e.appendValue(ev, tsMs)
+	out := make([]byte, len(b), len(b)+orderLen)
+	copy(out, b)
+	out = appendOrder(out, ev)
+	return out[:len(b):len(b)], out[len(b):]
+}
+
+// appendValue renders ev's envelope into the encoder's buffer.
+func (e *Encoder) appendValue(ev *change.Event, tsMs int64) []byte {
 	n := e.names(ev.Table)
 	b := e.buf[:0]
 	b = append(b, `{"before":`...)
@@ -160,7 +175,7 @@ func (e *Encoder) Value(ev *change.Event, tsMs int64) []byte {
 	}
 	b = append(b, '}')
 	e.buf = b
-	return clone(b)
+	return b
 }
 
 // appendMySQLSource writes the MySQL part of the source block, as

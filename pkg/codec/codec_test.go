@@ -106,3 +106,26 @@ func TestOrderSortsLikeTheLog(t *testing.T) {
 		t.Errorf("postgres token %s", got)
 	}
 }
+
+func TestValueOrderIsValueAndOrder(t *testing.T) {
+	tab := &change.Table{Database: "d", Schema: "s", Name: "t", Columns: []change.Column{{Name: "id", Key: true}}, HasKey: true}
+	for _, ev := range []change.Event{
+		{Op: change.OpCreate, Table: tab, After: []change.Value{{Kind: change.Present, JSON: []byte("1")}}, Source: change.Source{Connector: "postgresql", LSN: 9}, TxOrder: 3, TxLSN: 0x2a},
+		{Op: change.OpCreate, Table: tab, After: []change.Value{{Kind: change.Present, JSON: []byte("2")}}, Source: change.Source{Connector: "mysql", File: "b.000007", Pos: 99, Row: 2}, TxOrder: 1},
+	} {
+		e := NewEncoder("v")
+		v, o := e.ValueOrder(&ev, 5)
+		if want := e.Value(&ev, 5); !bytes.Equal(v, want) {
+			t.Errorf("value %s, want %s", v, want)
+		}
+		if want := Order(&ev); !bytes.Equal(o, want) {
+			t.Errorf("order %s, want %s", o, want)
+		}
+		// The two share an allocation: appending to the value must not
+		// overwrite the order.
+		_ = append(v, "xxxxxxxx"...)
+		if !bytes.Equal(o, Order(&ev)) {
+			t.Errorf("appending to the value changed the order: %s", o)
+		}
+	}
+}

@@ -14,11 +14,11 @@ const OrderHeader = "tideline.order"
 // table shape in the schemas topic.
 const SchemaHeader = "tideline.schema"
 
-const hexUpper = "0123456789abcdef"
+const hexLower = "0123456789abcdef"
 
 func appendHex(dst []byte, v uint64, digits int) []byte {
 	for i := digits - 1; i >= 0; i-- {
-		dst = append(dst, hexUpper[(v>>(uint(i)*4))&0xf])
+		dst = append(dst, hexLower[(v>>(uint(i)*4))&0xf])
 	}
 	return dst
 }
@@ -35,9 +35,15 @@ func appendHex(dst []byte, v uint64, digits int) []byte {
 //
 // Sinks compare tokens of one pipeline only; they never parse them.
 func Order(ev *change.Event) []byte {
-	b := make([]byte, 0, 32)
+	return appendOrder(make([]byte, 0, orderLen), ev)
+}
+
+// orderLen is the length of the longer (MySQL) Order token.
+const orderLen = 32
+
+func appendOrder(b []byte, ev *change.Event) []byte {
 	if ev.Source.Connector == "mysql" {
-		b = appendHex(b, binlogSeq(ev.Source.File), 8)
+		b = appendHex(b, BinlogSeq(ev.Source.File), 8)
 		b = appendHex(b, ev.Source.Pos, 16)
 		return appendHex(b, uint64(uint32(ev.Source.Row)), 8)
 	}
@@ -49,8 +55,8 @@ func Order(ev *change.Event) []byte {
 	return appendHex(b, uint64(ev.TxOrder), 8)
 }
 
-// binlogSeq is the number of a binlog file (mysql-bin.000042 -> 42).
-func binlogSeq(file string) uint64 {
+// BinlogSeq is the number of a binlog file (mysql-bin.000042 -> 42).
+func BinlogSeq(file string) uint64 {
 	n, _ := strconv.ParseUint(file[strings.LastIndexByte(file, '.')+1:], 10, 64)
 	return n
 }

@@ -273,27 +273,10 @@ func (c *Config) Validate() error {
 				add("source.dsn", "is required (mysql://user:pass@host:port/db)")
 			} else if u, err := url.Parse(string(c.Source.DSN)); err != nil || u.Scheme != "mysql" || u.Host == "" {
 				add("source.dsn", "must be a mysql://user:pass@host:port/db URL")
-			} else {
-				q := u.Query()
-				switch q.Get("tls") {
-				case "", "false", "true", "skip-verify":
-				default:
-					add("source.dsn", "tls=%q: use true, skip-verify or false", q.Get("tls"))
-				}
-				for _, k := range []string{"tls_ca", "tls_cert", "tls_key"} {
-					if f := q.Get(k); f != "" {
-						if _, err := os.Stat(f); err != nil {
-							add("source.dsn", "%s: %v", k, err)
-						}
-					}
-				}
-				for k := range q {
-					switch k {
-					case "tls", "tls_ca", "tls_cert", "tls_key":
-					default:
-						add("source.dsn", "unknown parameter %q (known: tls, tls_ca, tls_cert, tls_key)", k)
-					}
-				}
+			} else if _, err := MySQLTLS(u.Query(), u.Hostname()); err != nil {
+				// The reader the source connects with: what passes here
+				// connects.
+				add("source.dsn", "%v", err)
 			}
 		case "":
 			add("source.type", "is required (postgres or mysql)")

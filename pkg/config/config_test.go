@@ -1,9 +1,16 @@
 package config
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -178,19 +185,74 @@ func TestMySQLDSNParameters(t *testing.T) {
 		_, err := Parse([]byte("name: m\nsource:\n  type: mysql\n  dsn: " + dsn + "\n  tables: [app.t]\n"))
 		return err
 	}
-	if err := parse("mysql://u:p@db:3306/app?tls=true"); err != nil {
-		t.Errorf("tls=true: %v", err)
+	dir := t.TempDir()
+	ca, cert, key, otherKey := writeTLSFiles(t, dir)
+	notPEM := filepath.Join(dir, "not.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	for dsn, want := range map[string]string{
-		"mysql://u:p@db:3306/app?tls=yes":                      `tls="yes": use true, skip-verify or false`,
-		"mysql://u:p@db:3306/app?tls=true&tls_ca=/nonexistent": "tls_ca: stat /nonexistent",
-		"mysql://u:p@db:3306/app?sslmode=require":              `unknown parameter "sslmode"`,
-	} {
-		err := parse(dsn)
-		if err == nil || !strings.Contains(err.Error(), "source.dsn: "+want) {
-			t.Errorf("%s: got %v, want source.dsn: %s", dsn, err, want)
+	base := "mysql://u:p@db:3306/app"
+	for _, ok := range []string{"", "?tls=true", "?tls=false", "?tls=skip-verify", "?tls=true&tls_ca=" + ca,
+		"?tls=true&tls_ca=" + ca + "&tls_cert=" + cert + "&tls_key=" + key} {
+		if err := parse(base + ok); err != nil {
+			t.Errorf("%s: %v", ok, err)
 		}
 	}
+	// Each bad DSN: the message MySQLTLS gives (the source connects with
+	// it), under source.dsn.
+	for q, want := range map[string]string{
+		"?tls=yes":                      `tls="yes": use true, skip-verify or false`,
+		"?tls=true&tls_ca=/nonexistent": "tls_ca: open /nonexistent: no such file or directory",
+		"?sslmode=require":              `unknown parameter "sslmode" (known: tls, tls_ca, tls_cert, tls_key)`,
+		"?tls_ca=" + ca:                 "tls_ca needs tls=true (or skip-verify)",
+		"?tls=false&tls_cert=" + cert:   "tls_cert needs tls=true (or skip-verify)",
+		"?tls_key=" + key:               "tls_key needs tls=true (or skip-verify)",
+		"?tls=true&tls_ca=" + notPEM:    "tls_ca " + notPEM + ": no PEM certificate in it",
+		"?tls=true&tls_cert=" + cert:    "tls_cert and tls_key go together",
+		"?tls=true&tls_key=" + key:      "tls_cert and tls_key go together",
+		"?tls=true&tls_cert=" + cert + "&tls_key=" + otherKey: "tls_cert/tls_key: tls: private key does not match public key",
+	} {
+		err := parse(base + q)
+		if err == nil || !strings.Contains(err.Error(), "source.dsn: "+want) {
+			t.Errorf("%s: got %v, want source.dsn: %s", q, err, want)
+		}
+	}
+}
+
+// writeTLSFiles writes a self-signed certificate, its key and another
+// key as PEM files in dir.
+func writeTLSFiles(t *testing.T, dir string) (ca, cert, key, otherKey string) {
+	t.Helper()
+	newKey := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	k := newKey()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, typ string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	keyPEM := func(name string, k *ecdsa.PrivateKey) string {
+		b, err := x509.MarshalPKCS8PrivateKey(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return write(name, "PRIVATE KEY", b)
+	}
+	cert = write("cert.pem", "CERTIFICATE", der)
+	return cert, cert, keyPEM("key.pem", k), keyPEM("other-key.pem", newKey())
 }
 
 func TestSecretNeverPrints(t *testing.T) {

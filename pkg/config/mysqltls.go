@@ -5,8 +5,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
+	"slices"
+	"strings"
 )
 
 // MySQLParams are the query parameters a mysql:// DSN takes.
@@ -19,20 +22,18 @@ var MySQLParams = []string{"tls", "tls_ca", "tls_cert", "tls_key"}
 // certificate. It returns nil for plain TCP, and an error naming the
 // parameter for an unknown one or a file it cannot use.
 func MySQLTLS(q url.Values, host string) (*tls.Config, error) {
-	for k := range q {
-		known := false
-		for _, p := range MySQLParams {
-			known = known || k == p
-		}
-		if !known {
-			return nil, fmt.Errorf("unknown parameter %q (known: tls, tls_ca, tls_cert, tls_key)", k)
+	for _, k := range slices.Sorted(maps.Keys(q)) {
+		if !slices.Contains(MySQLParams, k) {
+			return nil, fmt.Errorf("unknown parameter %q (known: %s)", k, strings.Join(MySQLParams, ", "))
 		}
 	}
 	var cfg *tls.Config
 	switch mode := q.Get("tls"); mode {
 	case "", "false":
-		if q.Get("tls_ca") != "" || q.Get("tls_cert") != "" {
-			return nil, errors.New("tls_ca/tls_cert need tls=true (or skip-verify)")
+		for _, k := range []string{"tls_ca", "tls_cert", "tls_key"} {
+			if q.Get(k) != "" {
+				return nil, fmt.Errorf("%s needs tls=true (or skip-verify)", k)
+			}
 		}
 		return nil, nil
 	case "true":
@@ -53,6 +54,9 @@ func MySQLTLS(q url.Values, host string) (*tls.Config, error) {
 		}
 	}
 	if cert, key := q.Get("tls_cert"), q.Get("tls_key"); cert != "" || key != "" {
+		if cert == "" || key == "" {
+			return nil, errors.New("tls_cert and tls_key go together (a client certificate and its key)")
+		}
 		pair, err := tls.LoadX509KeyPair(cert, key)
 		if err != nil {
 			return nil, fmt.Errorf("tls_cert/tls_key: %w", err)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"sort"
 	"strings"
 	"time"
 )
@@ -103,7 +104,8 @@ func (c *Config) validateSinks() Problems {
 			for k := range SinkTypes {
 				known = append(known, k)
 			}
-			add(p+".type", "%q is not a sink type (%s)", s.Type, strings.Join(sortedStrings(known), ", "))
+			sort.Strings(known)
+			add(p+".type", "%q is not a sink type (%s)", s.Type, strings.Join(known, ", "))
 			continue
 		}
 		allowed := map[string]bool{}
@@ -157,13 +159,4 @@ func (c *Config) validateSinks() Problems {
 		add("kafka.brokers", "a config without a source runs sinks only: name the brokers the capture writes to (the embedded broker runs with the source)")
 	}
 	return ps
-}
-
-func sortedStrings(s []string) []string {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
-	return s
 }

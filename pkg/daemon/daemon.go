@@ -18,7 +18,6 @@ import (
 
 	"github.com/tideline-cdc/tideline/pkg/apply"
 	"github.com/tideline-cdc/tideline/pkg/capture"
-	"github.com/tideline-cdc/tideline/pkg/change"
 	"github.com/tideline-cdc/tideline/pkg/checkpoint"
 	"github.com/tideline-cdc/tideline/pkg/config"
 	"github.com/tideline-cdc/tideline/pkg/kafka"
@@ -185,7 +184,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) er
 		if err != nil {
 			return err
 		}
-		popts := []capture.Option{capture.WithSourceType(cfg.Source.Type)}
+		popts := []capture.Option{capture.WithSourceType(cfg.Source.Type), capture.WithTopicPrefix(cfg.Kafka.TopicPrefix)}
 		if o.OnAck != nil {
 			popts = append(popts, capture.WithAckHook(o.OnAck))
 		}
@@ -217,7 +216,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) er
 				BatchRecords: sc.BatchRecords, BatchBytes: int(sc.BatchBytes), Linger: sc.Linger,
 			}, s, apply.Deps{
 				Kafka:       []kgo.Opt{kgo.SeedBrokers(brokers...), kgo.ClientID(cfg.Kafka.ClientID + "-" + sc.Name)},
-				Shape:       shapeFunc(schemas),
+				Shape:       schemas.Table,
 				EnsureTopic: topics.Ensure,
 				Metrics:     m,
 				Log:         slog,
@@ -227,7 +226,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) er
 
 	ready := func() error {
 		if p != nil {
-			return p.Ready(2 * time.Minute)
+			return p.Ready(capture.StallAfter)
 		}
 		return nil
 	}
@@ -254,8 +253,9 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) er
 		}
 		httpAddr = srv.Addr()
 		g.Go(func() error { return srv.Serve(gctx) })
-		g.Go(func() error { return hub.Run(gctx) })
 	}
+	// The hub also logs state changes, so it runs without HTTP too.
+	g.Go(func() error { return hub.Run(gctx) })
 	log.Info("tideline starting", zap.String("name", cfg.Name), zap.String("version", Version), zap.String("role", role),
 		zap.String("source", cfg.Source.Type), zap.Stringer("dsn", cfg.Source.DSN), zap.Int("sinks", len(runtimes)),
 		zap.Strings("brokers", brokers), zap.String("http", httpAddr))
@@ -291,17 +291,6 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, o Options) er
 	}
 	log.Info("tideline stopped")
 	return nil
-}
-
-// shapeFunc reads shapes from the schemas topic for the sinks.
-func shapeFunc(s *kafka.Schemas) apply.ShapeFunc {
-	return func(ctx context.Context, id []byte) (*change.Table, error) {
-		t, err := s.Table(ctx, id)
-		if errors.Is(err, kafka.ErrUnknownSchema) {
-			return nil, fmt.Errorf("%w: %v", apply.ErrUnknownShape, err)
-		}
-		return t, err
-	}
 }
 
 // errStop carries the pipeline's result through errgroup, so that its end

@@ -258,7 +258,12 @@ func TestMySQLRestartAfterSeveralDDLs(t *testing.T) {
 	m := newMEnv(t, testenv.MariaDBOptions{})
 	m.exec("CREATE TABLE app.h (id INT PRIMARY KEY, a VARCHAR(10)) DEFAULT CHARSET=latin1")
 	e := m.env()
-	cfg := m.config([]string{"app.h*"}, nil)
+	// Every history save prunes against the stored position: with a long
+	// status interval the position stays at the old one until the second
+	// run stops, so the history keeps what the second start from there
+	// needs (a start from before the stored position is otherwise not
+	// guaranteed its shapes).
+	cfg := m.config([]string{"app.h*"}, func(c *config.Config) { c.Source.StatusInterval = 30 * time.Second })
 	r := e.start(cfg, daemon.Options{})
 	r.stop(t)
 	cl := kgoClient(t, m.brokers)
@@ -671,14 +676,18 @@ func TestMySQLPrivilegesAndTables(t *testing.T) {
 }
 
 // TestMySQLServerIDInUse starts Tideline with the server_id of a replica
-// that is already reading the binlog: it refuses, naming the setting.
+// that is already reading the binlog: it refuses, naming the setting. A
+// registration of its own that outlived its connection (the old dump
+// thread after a network partition) is no conflict.
 func TestMySQLServerIDInUse(t *testing.T) {
 	m := newMEnv(t, testenv.MariaDBOptions{})
 	m.exec("CREATE TABLE app.a (id INT PRIMARY KEY)")
 	cfg := m.config([]string{"app.a"}, nil)
+	// Another program, registered under its own host (go-mysql's default
+	// is os.Hostname(); named here so the test does not depend on it).
 	other := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		ServerID: cfg.Source.ServerID, Flavor: "mariadb", Host: "127.0.0.1", Port: uint16(m.db.Port()), User: "root",
-		Logger: slog.New(slog.DiscardHandler),
+		Localhost: "another-replica", Logger: slog.New(slog.DiscardHandler),
 	})
 	defer other.Close()
 	if _, err := other.StartSync(gmysql.Position{Name: "binlog.000001", Pos: 4}); err != nil {
@@ -693,6 +702,153 @@ func TestMySQLServerIDInUse(t *testing.T) {
 	// Another id streams.
 	other.Close()
 	r := m.env().start(m.config([]string{"app.a"}, func(c *config.Config) { c.Source.ServerID = 4242 }), daemon.Options{})
+	r.stop(t)
+
+	// This pipeline's own stale dump ("tideline-" and its name), still
+	// registered with the server_id: Tideline starts (the server ends the
+	// stale dump when the new one registers) and streams. (First let the
+	// other replica's registration go.)
+	conn, err := client.Connect(fmt.Sprintf("127.0.0.1:%d", m.db.Port()), "root", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	waitFor(t, 30*time.Second, "the other replica to leave SHOW SLAVE HOSTS", func() (bool, error) {
+		r, err := conn.Execute("SHOW SLAVE HOSTS")
+		if err != nil {
+			return false, err
+		}
+		return len(r.Values) == 0, nil
+	})
+	stale := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+		ServerID: cfg.Source.ServerID, Flavor: "mariadb", Host: "127.0.0.1", Port: uint16(m.db.Port()), User: "root",
+		Localhost: "tideline-test", DisableRetrySync: true, Logger: slog.New(slog.DiscardHandler),
+	})
+	defer stale.Close()
+	if _, err := stale.StartSync(gmysql.Position{Name: "binlog.000001", Pos: 4}); err != nil {
+		t.Fatal(err)
+	}
+	e := m.env()
+	r = e.start(cfg, daemon.Options{})
+	m.exec("INSERT INTO app.a VALUES (1)")
+	e.consume("test.app.a").poll(1, 30*time.Second, isEvent)
+	r.stop(t)
+}
+
+// TestMySQLUntrackedDDLReplay: an ALTER the parser rejects (MariaDB's
+// WAIT n) changes a captured table: Tideline reads its shape from the
+// server, and rows after it carry the new column. A restart from a
+// position before that ALTER, after a later DDL changed the table again,
+// decodes the rows between the two with the shape recorded the first time
+// (id, a, c), not with today's (id, a, c, d).
+func TestMySQLUntrackedDDLReplay(t *testing.T) {
+	m := newMEnv(t, testenv.MariaDBOptions{})
+	m.exec("CREATE TABLE app.t (id INT PRIMARY KEY, a VARCHAR(10))")
+	e := m.env()
+	// The history is pruned against the stored position: with a long
+	// status interval the position stays where the second run starts
+	// until it stops, so the history keeps what a restart from there
+	// needs.
+	cfg := m.config([]string{"app.t"}, func(c *config.Config) { c.Source.StatusInterval = 30 * time.Second })
+	r := e.start(cfg, daemon.Options{})
+	r.stop(t)
+	cl := kgoClient(t, m.brokers)
+	store := kafka.NewStore(cl, kafka.NewTopics(cl, cfg.Kafka.Topics, nil), "test.offsets")
+	ctx := context.Background()
+	old, err := store.Load(ctx, "mysql/test/position")
+	if err != nil || old == nil {
+		t.Fatalf("no stored position after the first run: %v", err)
+	}
+
+	want := map[string]string{
+		"1": `{"a":"before","id":1}`,
+		"2": `{"a":"between","c":2,"id":2}`,
+		"3": `{"a":"after","c":3,"d":33,"id":3}`,
+	}
+	check := func(ms []msg) {
+		t.Helper()
+		got := map[string]string{}
+		for _, msg := range ms {
+			after, _ := json.Marshal(msg.Value.After)
+			got[fmt.Sprint(msg.Key["id"])] = string(after)
+		}
+		for id, w := range want {
+			if got[id] != w {
+				t.Errorf("row %s: after %s, want %s", id, got[id], w)
+			}
+		}
+		if len(ms) != len(want) {
+			t.Errorf("%d events, want %d", len(ms), len(want))
+		}
+	}
+	r = e.start(cfg, daemon.Options{})
+	m.exec("INSERT INTO app.t VALUES (1, 'before')",
+		"ALTER TABLE app.t WAIT 5 ADD COLUMN c INT",
+		"INSERT INTO app.t VALUES (2, 'between', 2)")
+	c := e.consume("test.app.t")
+	// Tideline reads the shape from the server when it meets the ALTER:
+	// let it, before the next DDL changes it again.
+	c.poll(2, 30*time.Second, isEvent)
+	m.exec("ALTER TABLE app.t ADD COLUMN d INT", "INSERT INTO app.t VALUES (3, 'after', 3, 33)")
+	check(c.poll(3, 30*time.Second, isEvent))
+	r.stop(t)
+
+	if err := store.Save(ctx, "mysql/test/position", old); err != nil {
+		t.Fatal(err)
+	}
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, "test.app.t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = e.start(cfg, daemon.Options{})
+	offs := map[string]map[int32]kgo.Offset{}
+	ends.Each(func(o kadm.ListedOffset) {
+		offs[o.Topic] = map[int32]kgo.Offset{o.Partition: kgo.NewOffset().At(o.Offset)}
+	})
+	rc, err := kgo.NewClient(kgo.SeedBrokers(m.brokers...), kgo.ConsumePartitions(offs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	check((&consumer{t: t, cl: rc}).poll(3, 30*time.Second, isEvent))
+	r.stop(t)
+}
+
+// TestMySQLGhostCutover: gh-ost's (and pt-osc's) cutover swaps a ghost
+// table in under the captured name with one RENAME TABLE; only app.orders
+// is captured, so the tracker cannot follow the second pair. The rows
+// written to app.orders after it arrive with the new table's columns,
+// also after a restart.
+func TestMySQLGhostCutover(t *testing.T) {
+	m := newMEnv(t, testenv.MariaDBOptions{})
+	m.exec("CREATE TABLE app.orders (id INT PRIMARY KEY, a INT)", "INSERT INTO app.orders VALUES (1, 1)")
+	e := m.env()
+	cfg := m.config([]string{"app.orders"}, nil)
+	r := e.start(cfg, daemon.Options{})
+	m.exec("CREATE TABLE app._orders_gho (id INT PRIMARY KEY, a INT, b VARCHAR(10))",
+		"INSERT INTO app.orders VALUES (2, 2)",
+		"INSERT INTO app._orders_gho SELECT id, a, 'copied' FROM app.orders",
+		"RENAME TABLE app.orders TO app._orders_del, app._orders_gho TO app.orders",
+		"INSERT INTO app.orders VALUES (3, 3, 'new')",
+		"UPDATE app.orders SET b = 'changed' WHERE id = 1")
+	c := e.consume("test.app.orders")
+	var got []string
+	for _, msg := range c.poll(4, 30*time.Second, isEvent) {
+		after, _ := json.Marshal(msg.Value.After)
+		got = append(got, msg.Value.Op+string(after))
+	}
+	want := []string{`r{"a":1,"id":1}`, `c{"a":2,"id":2}`, `c{"a":3,"b":"new","id":3}`, `u{"a":1,"b":"changed","id":1}`}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("events\n  %s\nwant\n  %s", strings.Join(got, " "), strings.Join(want, " "))
+	}
+	r.stop(t)
+
+	r = e.start(cfg, daemon.Options{})
+	m.exec("INSERT INTO app.orders VALUES (4, 4, 'restarted')")
+	ms := c.poll(5, 30*time.Second, isEvent)
+	if after, _ := json.Marshal(ms[len(ms)-1].Value.After); string(after) != `{"a":4,"b":"restarted","id":4}` {
+		t.Errorf("after a restart: %s", after)
+	}
 	r.stop(t)
 }
 

@@ -437,3 +437,18 @@ func TestSinkTargetOutage(t *testing.T) {
 	}
 	r.stop(t)
 }
+
+// TestSinkRegistriesAgree: every sink type the config accepts has a
+// constructor, and every constructor a config entry.
+func TestSinkRegistriesAgree(t *testing.T) {
+	for typ := range config.SinkTypes {
+		if _, ok := daemon.SinkTypes[typ]; !ok {
+			t.Errorf("config accepts sink type %q, which the daemon cannot build", typ)
+		}
+	}
+	for typ := range daemon.SinkTypes {
+		if _, ok := config.SinkTypes[typ]; !ok {
+			t.Errorf("the daemon builds sink type %q, which the config rejects", typ)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -104,22 +105,36 @@ func TestStatusAPIAndCLI(t *testing.T) {
 		t.Errorf("sink %+v", s)
 	}
 
-	// The CLI renders the same status.
+	// The CLI renders the same status, counts included.
 	bin := tidelineBin(t)
 	out, err := exec.Command(bin, "status", "--url", r.httpURL, "--token", statusToken).CombinedOutput()
 	if err != nil {
 		t.Fatalf("tideline status: %v\n%s", err, out)
 	}
-	for _, want := range []string{"state: running", "CAPTURE (postgres)", "public.items", "SINK wh (postgres, group tideline-test-wh)", "consumer lag"} {
+	for _, want := range []string{"state: running", "CAPTURE (postgres)", "SINK wh (postgres, group tideline-test-wh)", "consumer lag"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("tideline status lacks %q:\n%s", want, out)
 		}
 	}
-	out, err = exec.Command(bin, "status", "--url", r.httpURL, "--token", statusToken, "--json").Output()
-	if err != nil || !json.Valid(out) {
-		t.Errorf("tideline status --json: %v: %s", err, out)
+	// The table row: inserts, updates, deletes, snapshot, truncates.
+	if !regexp.MustCompile(`(?m)^\s+public\.items\s+30\s+5\s+0\s+10\s+0\s`).Match(out) {
+		t.Errorf("tideline status does not show public.items with 30 inserts, 5 updates, 10 snapshot rows:\n%s", out)
 	}
-	cmd := exec.Command(bin, "status", "--url", r.httpURL)
+	// --json answers the API's document, and the token may come from the
+	// environment (and never shows in --help).
+	cmd := exec.Command(bin, "status", "--url", r.httpURL, "--json")
+	cmd.Env = append(os.Environ(), "TIDELINE_HTTP_TOKEN="+statusToken)
+	out, err = cmd.Output()
+	var js observe.Status
+	if err != nil || json.Unmarshal(out, &js) != nil || js.Pipeline == nil || js.Pipeline.Changes["c"] != 30 || js.Pipeline.Changes["r"] != 10 {
+		t.Errorf("tideline status --json with the token from the environment: %v: %.300s", err, out)
+	}
+	cmd = exec.Command(bin, "status", "--help")
+	cmd.Env = append(os.Environ(), "TIDELINE_HTTP_TOKEN="+statusToken)
+	if out, _ := cmd.CombinedOutput(); strings.Contains(string(out), statusToken) {
+		t.Errorf("tideline status --help shows the token:\n%s", out)
+	}
+	cmd = exec.Command(bin, "status", "--url", r.httpURL)
 	cmd.Env = append(os.Environ(), "TIDELINE_HTTP_TOKEN=")
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "needs the token") {
 		t.Errorf("tideline status without the token: %v: %s", err, out)

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sync"
 
@@ -28,16 +27,14 @@ type Schemas struct {
 	topics *Topics
 	topic  string
 
-	mu    sync.Mutex
-	byPtr map[*change.Table][]byte
-	byID  map[string]*change.Table
-	sent  map[string]bool
+	mu   sync.Mutex
+	byID map[string]*change.Table // shapes read, for sinks
+	sent map[string]bool          // fingerprints published by this process
 }
 
 // NewSchemas returns the registry on topic.
 func NewSchemas(cl *kgo.Client, topics *Topics, topic string) *Schemas {
-	return &Schemas{cl: cl, topics: topics, topic: topic,
-		byPtr: map[*change.Table][]byte{}, byID: map[string]*change.Table{}, sent: map[string]bool{}}
+	return &Schemas{cl: cl, topics: topics, topic: topic, byID: map[string]*change.Table{}, sent: map[string]bool{}}
 }
 
 // schemaDoc is a shape as stored in the topic (docs/envelope.md).
@@ -80,32 +77,23 @@ func decodeSchema(doc []byte) (*change.Table, error) {
 }
 
 // ID returns the fingerprint of t's shape, publishing the shape first if
-// this process has not yet. It is called by the publisher for every new
-// *change.Table, so the map stays small; it is bounded anyway.
+// this process has not yet (and waiting for Kafka's ack). The publisher
+// caches fingerprints per *change.Table, so ID runs once per new shape.
 func (s *Schemas) ID(ctx context.Context, t *change.Table) ([]byte, error) {
-	s.mu.Lock()
-	id, ok := s.byPtr[t]
-	s.mu.Unlock()
-	if ok {
-		return id, nil
-	}
 	id, doc := encodeSchema(t)
 	s.mu.Lock()
 	sent := s.sent[string(id)]
 	s.mu.Unlock()
-	if !sent {
-		if err := s.ensure(ctx); err != nil {
-			return nil, err
-		}
-		if err := s.cl.ProduceSync(ctx, &kgo.Record{Topic: s.topic, Key: id, Value: doc}).FirstErr(); err != nil {
-			return nil, fmt.Errorf("publish the shape of %s to %s: %w", t.Topic, s.topic, err)
-		}
+	if sent {
+		return id, nil
+	}
+	if err := s.ensure(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.cl.ProduceSync(ctx, &kgo.Record{Topic: s.topic, Key: id, Value: doc}).FirstErr(); err != nil {
+		return nil, fmt.Errorf("publish the shape of %s to %s: %w", t.Topic, s.topic, err)
 	}
 	s.mu.Lock()
-	if len(s.byPtr) >= 4096 {
-		clear(s.byPtr) // every schema change makes a new *change.Table
-	}
-	s.byPtr[t] = id
 	s.sent[string(id)] = true
 	s.mu.Unlock()
 	return id, nil
@@ -156,11 +144,7 @@ func (s *Schemas) Table(ctx context.Context, id []byte) (*change.Table, error) {
 		if bad != nil {
 			return nil, bad
 		}
-		return nil, fmt.Errorf("%w: %s is not in %s", ErrUnknownSchema, id, s.topic)
+		return nil, fmt.Errorf("%w: %s is not in %s", change.ErrUnknownShape, id, s.topic)
 	}
 	return t, nil
 }
-
-// ErrUnknownSchema is returned for a fingerprint the schemas topic does not
-// hold.
-var ErrUnknownSchema = errors.New("unknown table shape")

@@ -3,6 +3,7 @@ package observe
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -14,7 +15,7 @@ import (
 
 func TestMetricsLint(t *testing.T) {
 	m := NewMetrics()
-	touch(m)
+	touch(t, m)
 	problems, err := promlint.NewWithMetricFamilies(mustGather(t, m)).Lint()
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +81,9 @@ func TestMetricsDocumented(t *testing.T) {
 		if dd.labels != labels {
 			t.Errorf("%s: docs say labels %q, the metric has %q", name, dd.labels, labels)
 		}
-		if typ, ok := fams[name]; ok && typ != dd.typ {
+		if typ, ok := fams[name]; !ok {
+			t.Errorf("%s was not gathered", name)
+		} else if typ != dd.typ {
 			t.Errorf("%s: docs say %s, the metric is a %s", name, dd.typ, typ)
 		}
 	}
@@ -106,7 +109,7 @@ func between(s, from, to string) string {
 // mustGatherAll gathers the families that have samples (vectors touched).
 func mustGatherAll(t *testing.T, m *Metrics) []*dto.MetricFamily {
 	t.Helper()
-	touch(m)
+	touch(t, m)
 	fams, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -114,28 +117,39 @@ func mustGatherAll(t *testing.T, m *Metrics) []*dto.MetricFamily {
 	return fams
 }
 
-// touch gives every vector a sample so that it is gathered.
-func touch(m *Metrics) {
-	m.Events.WithLabelValues("p", "public.t", "c").Inc()
-	m.SourceLagBytes.WithLabelValues("p").Set(1)
-	m.ConfirmedLSN.WithLabelValues("p").Set(1)
-	m.CheckpointTime.WithLabelValues("p").Set(1)
-	m.InFlightBytes.WithLabelValues("p").Set(1)
-	m.PublishLatency.WithLabelValues("p").Observe(1)
-	m.CommitToAck.WithLabelValues("p").Observe(1)
-	m.Errors.WithLabelValues("p", "source").Inc()
-	m.SourceConnected.WithLabelValues("p").Set(1)
-	m.SnapshotRows.WithLabelValues("p", "public.t").Inc()
-	m.SinkRows.WithLabelValues("s", "public.t", "c").Inc()
-	m.SinkBatches.WithLabelValues("s").Inc()
-	m.SinkApply.WithLabelValues("s").Observe(1)
-	m.SinkCommitToApply.WithLabelValues("s").Observe(1)
-	m.SinkLag.WithLabelValues("s", "public.t").Set(1)
-	m.SinkDLQ.WithLabelValues("s", "public.t").Inc()
-	m.SinkRetries.WithLabelValues("s").Inc()
-	m.SourceLagSeconds.WithLabelValues("p").Set(1)
-	m.InFlightBudget.WithLabelValues("p").Set(1)
-	m.SinkUp.WithLabelValues("s").Set(1)
-	m.EventStreams.Set(1)
-	m.BuildInfo.WithLabelValues("v").Set(1)
+// touch gives every metric of m a sample, so that it is gathered: every
+// field of Metrics, found by reflection (a new field cannot be forgotten
+// here), with as many label values as its description has labels.
+func touch(t *testing.T, m *Metrics) {
+	t.Helper()
+	v := reflect.ValueOf(m).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		f := v.Field(i).Interface()
+		c, ok := f.(prometheus.Collector)
+		if _, reg := f.(*prometheus.Registry); !ok || reg {
+			continue
+		}
+		descs := make(chan *prometheus.Desc, 1)
+		c.Describe(descs)
+		d := (<-descs).String()
+		labels := between(d, "variableLabels: {", "}")
+		vals := []string{}
+		if labels != "" {
+			for range strings.Split(labels, ",") {
+				vals = append(vals, "x")
+			}
+		}
+		switch x := f.(type) {
+		case *prometheus.CounterVec:
+			x.WithLabelValues(vals...).Inc()
+		case *prometheus.GaugeVec:
+			x.WithLabelValues(vals...).Set(1)
+		case *prometheus.HistogramVec:
+			x.WithLabelValues(vals...).Observe(1)
+		case prometheus.Gauge:
+			x.Set(1)
+		default:
+			t.Fatalf("Metrics.%s: touch does not know %T", v.Type().Field(i).Name, f)
+		}
+	}
 }

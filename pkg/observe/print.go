@@ -3,7 +3,6 @@ package observe
 import (
 	"fmt"
 	"io"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -67,14 +66,9 @@ func PrintStatus(w io.Writer, st *Status) error {
 }
 
 func total(m map[string]float64) float64 {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	var s float64
-	for _, k := range keys {
-		s += m[k]
+	for _, v := range m {
+		s += v
 	}
 	return s
 }

@@ -46,6 +46,7 @@ type Target struct {
 func Run(t *testing.T, tg Target) {
 	t.Run("ReplayFromOffsetZeroIsNoOp", func(t *testing.T) { replayFromZero(t, tg) })
 	t.Run("PerKeyOrderAcrossBatches", func(t *testing.T) { perKeyOrder(t, tg) })
+	t.Run("OlderChangeAfterNewerIsIgnored", func(t *testing.T) { olderAfterNewer(t, tg) })
 	t.Run("DeleteAfterUpdateStaysDeleted", func(t *testing.T) { deleteAfterUpdate(t, tg) })
 	t.Run("UnchangedToastKeepsValue", func(t *testing.T) { toastMarker(t, tg) })
 	t.Run("PoisonRecordsGoToDLQ", func(t *testing.T) { poison(t, tg) })
@@ -124,19 +125,29 @@ type chg struct {
 	t      *change.Table
 	before map[string]any
 	after  map[string]any
+	lsn    uint64 // the commit LSN; produce numbers them in order
 }
 
 // produce publishes changes as one transaction each, in order, and waits
 // for Kafka's acknowledgement.
 func (h *harness) produce(changes ...chg) {
 	h.t.Helper()
+	for i := range changes {
+		h.lsn += 0x100
+		changes[i].lsn = h.lsn
+	}
+	h.produceAt(changes...)
+}
+
+// produceAt publishes changes at the commit LSNs they name.
+func (h *harness) produceAt(changes ...chg) {
+	h.t.Helper()
 	ctx := context.Background()
 	b := &change.Batch{}
 	for _, c := range changes {
-		h.lsn += 0x100
 		ev := change.Event{Op: c.op, Table: c.t, Before: row(c.t, c.before), After: row(c.t, c.after),
-			Source:  change.Source{Connector: "postgresql", Name: h.prefix, TsMs: time.Now().UnixMilli(), TxID: int64(h.lsn), LSN: h.lsn},
-			TxOrder: 1, TxTableOrder: 1, TxLSN: h.lsn}
+			Source:  change.Source{Connector: "postgresql", Name: h.prefix, TsMs: time.Now().UnixMilli(), TxID: int64(c.lsn), LSN: c.lsn},
+			TxOrder: 1, TxTableOrder: 1, TxLSN: c.lsn}
 		key := h.enc.Key(&ev)
 		b.Add(change.Record{Topic: c.t.Topic, Key: key, Value: h.enc.Value(&ev, time.Now().UnixMilli()), Order: codec.Order(&ev), Table: c.t, Op: c.op})
 		if c.op == change.OpDelete {
@@ -202,14 +213,8 @@ func (h *harness) apply(group string) *observe.Metrics {
 	rt := apply.New(apply.Config{Sink: "s", Group: group, TopicPrefix: h.prefix, DLQTopic: h.prefix + ".dlq.s",
 		BatchRecords: h.batch, BatchBytes: 16 << 20, Linger: 20 * time.Millisecond},
 		sink, apply.Deps{
-			Kafka: []kgo.Opt{kgo.SeedBrokers(h.brokers...), kgo.MetadataMinAge(100 * time.Millisecond), kgo.WithLogger(kgo.BasicLogger(os.Stderr, kgo.LogLevelWarn, nil))},
-			Shape: func(ctx context.Context, id []byte) (*change.Table, error) {
-				t, err := h.schemas.Table(ctx, id)
-				if err != nil {
-					return nil, fmt.Errorf("%w: %v", apply.ErrUnknownShape, err)
-				}
-				return t, nil
-			},
+			Kafka:       []kgo.Opt{kgo.SeedBrokers(h.brokers...), kgo.MetadataMinAge(100 * time.Millisecond), kgo.WithLogger(kgo.BasicLogger(os.Stderr, kgo.LogLevelWarn, nil))},
+			Shape:       h.schemas.Table,
 			EnsureTopic: h.topics.Ensure,
 			Metrics:     m,
 			Log:         zaptest.NewLogger(h.t, zaptest.Level(zap.WarnLevel)),
@@ -217,32 +222,57 @@ func (h *harness) apply(group string) *observe.Metrics {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- rt.Run(ctx) }()
+	// stop ends the runtime and closes the sink: every way out waits for
+	// both, so no goroutine outlives the test.
+	stop := func() error {
+		cancel()
+		err := <-done
+		if cerr := sink.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	}
 	adm := kadm.NewClient(h.cl)
 	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if h.caughtUp(adm, group) {
-			break
-		}
+	for !h.caughtUp(adm, group) {
 		select {
 		case err := <-done:
-			cancel()
-			h.t.Fatalf("runtime stopped: %v", err)
+			done <- err
+			h.t.Fatalf("runtime stopped: %v (close: %v)", err, stop())
 		default:
 		}
 		if time.Now().After(deadline) {
-			cancel()
-			h.t.Fatalf("group %s did not catch up within 60s", group)
+			h.t.Fatalf("group %s did not catch up within 60s (stop: %v)", group, stop())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	// Caught up, the lag the runtime reports is zero: every partition it
+	// owns is committed to its end (a partition it never had records from
+	// in this run included).
+	for lag := sumGauge(m, "tideline_sink_consumer_lag"); lag != 0; lag = sumGauge(m, "tideline_sink_consumer_lag") {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("consumer lag %v after catching up (stop: %v)", lag, stop())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := stop(); err != nil {
 		h.t.Fatalf("runtime: %v", err)
 	}
-	if err := sink.Close(); err != nil {
-		h.t.Fatalf("close sink: %v", err)
-	}
 	return m
+}
+
+// sumGauge sums a gauge family's samples.
+func sumGauge(m *observe.Metrics, name string) float64 {
+	fams, _ := m.Registry.Gather()
+	var n float64
+	for _, f := range fams {
+		if f.GetName() == name {
+			for _, mm := range f.GetMetric() {
+				n += mm.GetGauge().GetValue()
+			}
+		}
+	}
+	return n
 }
 
 // caughtUp reports whether group committed the end of every change topic.
@@ -431,6 +461,24 @@ func perKeyOrder(t *testing.T, tg Target) {
 		if got := val(rows[fmt.Sprint(id)], "n"); got != "200" {
 			t.Errorf("id %d: n = %s, want 200 (the last update)", id, got)
 		}
+	}
+}
+
+// olderAfterNewer delivers a key's older changes after its newer ones (as a
+// replay or a second producer would): the position guard keeps the newer.
+func olderAfterNewer(t *testing.T, tg Target) {
+	h := newHarness(t, tg)
+	tab := h.table("guarded", int4("n"))
+	h.produceAt(chg{op: change.OpCreate, t: tab, after: map[string]any{"id": 1, "n": 5}, lsn: 0x9000},
+		chg{op: change.OpCreate, t: tab, after: map[string]any{"id": 2, "n": 5}, lsn: 0x9100})
+	h.apply("g1")
+	// Older than what the target holds: an update of 1, a delete of 2.
+	h.produceAt(chg{op: change.OpUpdate, t: tab, after: map[string]any{"id": 1, "n": 1}, lsn: 0x1000},
+		chg{op: change.OpDelete, t: tab, before: map[string]any{"id": 2}, lsn: 0x1100})
+	h.apply("g1")
+	rows := h.rows("guarded")
+	if val(rows["1"], "n") != "5" || val(rows["2"], "n") != "5" {
+		t.Errorf("older changes overwrote newer ones: id 1 n=%s, id 2 n=%s; want 5 and 5", val(rows["1"], "n"), val(rows["2"], "n"))
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tideline-cdc/tideline/pkg/apply"
 	"github.com/tideline-cdc/tideline/pkg/change"
@@ -138,22 +139,22 @@ type textStyle struct {
 	zone bool
 }
 
-var errNotScalar = errors.New("not a JSON scalar")
-
 // textValue renders a JSON value of a column with logical type l as the
 // text the target parses for that type (see docs/sinks.md), or null=true.
 // Bytes stay base64 (the dialect decodes them in SQL), JSON and arrays are
 // the JSON text.
+//
+// raw comes from the runtime's envelope parser: one JSON value, without
+// surrounding white space.
 func textValue(raw json.RawMessage, l change.Logical, st textStyle) (s string, null bool, err error) {
-	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
 		return "", true, nil
 	}
 	switch l {
 	case change.JSON:
 		// The JSON text, carried in a JSON string.
-		var v string
-		if err := json.Unmarshal(raw, &v); err != nil {
+		v, err := jsonString(raw)
+		if err != nil {
 			return "", false, fmt.Errorf("json column: want a string holding JSON, got %.60s", raw)
 		}
 		return v, false, nil
@@ -164,8 +165,8 @@ func textValue(raw json.RawMessage, l change.Logical, st textStyle) (s string, n
 		return string(raw), false, nil
 	}
 	if raw[0] == '"' {
-		var v string
-		if err := json.Unmarshal(raw, &v); err != nil {
+		v, err := jsonString(raw)
+		if err != nil {
 			return "", false, err
 		}
 		switch l {
@@ -180,7 +181,7 @@ func textValue(raw json.RawMessage, l change.Logical, st textStyle) (s string, n
 		return v, false, nil
 	}
 	if raw[0] == '{' || raw[0] == '[' {
-		return "", false, fmt.Errorf("%s column: %w: %.60s", l, errNotScalar, raw)
+		return "", false, fmt.Errorf("%s column: not a JSON scalar: %.60s", l, raw)
 	}
 	switch l {
 	case change.Bool:
@@ -224,6 +225,34 @@ func textValue(raw json.RawMessage, l change.Logical, st textStyle) (s string, n
 	return string(raw), false, nil
 }
 
+// jsonString returns the content of the JSON string raw. Most strings
+// need no unescaping: their content is raw's inner bytes, taken without
+// json.Unmarshal's reflection. Any other string (escapes, or bytes
+// json.Unmarshal rejects or replaces) goes through json.Unmarshal, so that
+// both paths give the same result.
+func jsonString(raw []byte) (string, error) {
+	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' && plainJSON(raw[1:n-1]) {
+		return string(raw[1 : n-1]), nil
+	}
+	var v string
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return "", err
+	}
+	return v, nil
+}
+
+// plainJSON reports whether s, the inside of a JSON string, is its own
+// content: no escape, no quote or control character (invalid unescaped)
+// and valid UTF-8 (json.Unmarshal replaces invalid bytes with U+FFFD).
+func plainJSON(s []byte) bool {
+	for _, c := range s {
+		if c == '\\' || c == '"' || c < 0x20 {
+			return false
+		}
+	}
+	return utf8.Valid(s)
+}
+
 // microTime renders microseconds as [-]HH:MM:SS.ffffff (hours may pass 24:
 // MySQL's TIME range).
 func microTime(us int64) string {
@@ -254,45 +283,62 @@ func timestampTZ(v string, st textStyle) (string, bool, error) {
 	return s, false, nil
 }
 
-// isUnavailable reports Debezium's marker for a value the source did not
-// send.
-func isUnavailable(raw json.RawMessage) bool {
-	return string(raw) == `"`+change.UnavailableMarker+`"`
+// absent reports whether a row value is absent: the target keeps what it
+// has (apply.Row.Values).
+func absent(v json.RawMessage) bool { return v == nil || apply.IsUnavailable(v) }
+
+// keyAbsent is the error for row i, which does not carry key column col
+// of table: there is nothing to match its target row on. Only that row is
+// at fault; the others of the batch may be fine.
+func keyAbsent(i int, table, col string) error {
+	return &apply.RowError{Index: i, Err: fmt.Errorf("%s: the change lacks key column %s", table, col)}
 }
 
-// present returns, for each column, whether the row carries it.
-func present(r *apply.Row) []bool {
-	out := make([]bool, len(r.Values))
-	for i, v := range r.Values {
-		out[i] = v != nil && !isUnavailable(v)
+// group is rows that carry the same columns, so that they are written by
+// one statement.
+type group struct {
+	present []bool // for each column of the table, whether the rows carry it
+	rows    []int  // indexes into the batch's Rows
+}
+
+// only returns g with the rows keep says, or false if none is left.
+func (g group) only(keep []bool) (group, bool) {
+	rows := make([]int, 0, len(g.rows))
+	for _, i := range g.rows {
+		if keep[i] {
+			rows = append(rows, i)
+		}
 	}
-	return out
+	g.rows = rows
+	return g, len(rows) > 0
 }
 
 // groupByPresence splits rows into groups that carry the same columns, in
-// first-seen order, so each group is one statement. Nearly every batch is
-// one group.
-func groupByPresence(rows []apply.Row) [][]int {
-	var keys []string
-	groups := map[string][]int{}
+// first-seen order. Nearly every batch is one group.
+func groupByPresence(rows []apply.Row) []group {
+	var out []group
+	at := map[string]int{} // presence pattern -> index into out
+	var k []byte
 	for i := range rows {
-		var b strings.Builder
-		for _, p := range present(&rows[i]) {
-			if p {
-				b.WriteByte('1')
+		k = k[:0]
+		for _, v := range rows[i].Values {
+			if absent(v) {
+				k = append(k, '0')
 			} else {
-				b.WriteByte('0')
+				k = append(k, '1')
 			}
 		}
-		k := b.String()
-		if _, ok := groups[k]; !ok {
-			keys = append(keys, k)
+		n, ok := at[string(k)]
+		if !ok {
+			n = len(out)
+			at[string(k)] = n
+			present := make([]bool, len(k))
+			for j, c := range k {
+				present[j] = c == '1'
+			}
+			out = append(out, group{present: present})
 		}
-		groups[k] = append(groups[k], i)
-	}
-	out := make([][]int, 0, len(keys))
-	for _, k := range keys {
-		out = append(out, groups[k])
+		out[n].rows = append(out[n].rows, i)
 	}
 	return out
 }

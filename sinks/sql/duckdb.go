@@ -415,12 +415,16 @@ func (d *DuckDB) Apply(ctx context.Context, b *apply.TableBatch) (err error) {
 		vals := make([]driver.Value, duckStageMeta+len(b.Table.Columns))
 		vals[0], vals[1], vals[2] = string(r.Key), string(r.Order), r.Op.String()
 		for j, v := range r.Values {
-			if v == nil || isUnavailable(v) {
-				continue // absent: never read by its group's statements
+			c := &b.Table.Columns[j]
+			if absent(v) {
+				if c.Key {
+					return keyAbsent(i, tg.duck(), c.Name)
+				}
+				continue // never read by its group's statements
 			}
-			s, null, err := textValue(v, b.Table.Columns[j].Logical, st)
+			s, null, err := textValue(v, c.Logical, st)
 			if err != nil {
-				return &apply.RowError{Index: i, Err: fmt.Errorf("column %s: %w", b.Table.Columns[j].Name, err)}
+				return &apply.RowError{Index: i, Err: fmt.Errorf("column %s: %w", c.Name, err)}
 			}
 			if !null {
 				vals[duckStageMeta+j] = s
@@ -475,16 +479,10 @@ func (d *DuckDB) apply(ctx context.Context, tg target, b *apply.TableBatch, stag
 	if err != nil {
 		return err
 	}
-	var groups [][]int
-	for _, group := range groupByPresence(b.Rows) {
-		var idx []int
-		for _, i := range group {
-			if keep[i] {
-				idx = append(idx, i)
-			}
-		}
-		if len(idx) > 0 {
-			groups = append(groups, idx)
+	var groups []group
+	for _, g := range groupByPresence(b.Rows) {
+		if g, ok := g.only(keep); ok {
+			groups = append(groups, g)
 		}
 	}
 	if len(groups) > 0 {
@@ -497,8 +495,8 @@ func (d *DuckDB) apply(ctx context.Context, tg target, b *apply.TableBatch, stag
 			return err
 		}
 	}
-	for g, idx := range groups {
-		if err := d.applyGroup(ctx, tg, b, g, idx[0]); err != nil {
+	for n, g := range groups {
+		if err := d.applyGroup(ctx, tg, b, n, g); err != nil {
 			return err
 		}
 	}
@@ -545,7 +543,7 @@ func (d *DuckDB) unburied(ctx context.Context, tg target, b *apply.TableBatch) (
 
 // stage fills the staging table with the rows of groups, each tagged with
 // its group's index.
-func (d *DuckDB) stage(ctx context.Context, tg target, ncols int, groups [][]int, staged [][]driver.Value) error {
+func (d *DuckDB) stage(ctx context.Context, tg target, ncols int, groups []group, staged [][]driver.Value) error {
 	var ddl strings.Builder
 	ddl.WriteString("CREATE OR REPLACE TEMP TABLE " + duckStageName + " (_k VARCHAR, _pos VARCHAR, _op VARCHAR, _g VARCHAR")
 	for j := range ncols {
@@ -560,9 +558,9 @@ func (d *DuckDB) stage(ctx context.Context, tg target, ncols int, groups [][]int
 		if err != nil {
 			return err
 		}
-		for g, idx := range groups {
-			gs := strconv.Itoa(g)
-			for _, i := range idx {
+		for n, g := range groups {
+			gs := strconv.Itoa(n)
+			for _, i := range g.rows {
 				staged[i][3] = gs
 				if err := a.AppendRow(staged[i]...); err != nil {
 					return errors.Join(err, a.Close())
@@ -597,14 +595,13 @@ func (d *DuckDB) truncate(ctx context.Context, tg target, order []byte) error {
 	return nil
 }
 
-// applyGroup merges the staged rows of group g, which carry the columns
-// row first carries: deletes, then upserts.
-func (d *DuckDB) applyGroup(ctx context.Context, tg target, b *apply.TableBatch, g, first int) error {
-	pres := present(&b.Rows[first])
-	inGroup := "s._g = '" + strconv.Itoa(g) + "'"
+// applyGroup merges the staged rows of g, the n-th group: deletes, then
+// upserts.
+func (d *DuckDB) applyGroup(ctx context.Context, tg target, b *apply.TableBatch, n int, g group) error {
+	inGroup := "s._g = '" + strconv.Itoa(n) + "'"
 	var keyMatch, names, values, sets, keys []string
 	for j, c := range b.Table.Columns {
-		if !pres[j] {
+		if !g.present[j] {
 			continue
 		}
 		v := d.duckValue(c, fmt.Sprintf("s.c%d", j))
@@ -620,8 +617,8 @@ func (d *DuckDB) applyGroup(ctx context.Context, tg target, b *apply.TableBatch,
 		}
 	}
 	if len(keyMatch) < len(keyColumns(b.Table)) {
-		// A delete's before image lacks key columns: nothing to match on.
-		return apply.Reject(fmt.Errorf("changes of %s lack key columns", tg.duck()))
+		// Apply rejects the rows that lack a key column before writing.
+		return apply.Permanent(fmt.Errorf("changes of %s lack key columns", tg.duck()))
 	}
 	if !d.cfg.SoftDelete {
 		del := fmt.Sprintf("DELETE FROM %s AS t USING %s s WHERE %s AND s._op = 'd' AND %s AND t.%s < s._pos",
@@ -682,10 +679,17 @@ const duckLockWait = 10 * time.Second
 // and writes the result to w as an aligned text table. While another
 // process (the sink) holds the file it retries, for up to 10 s.
 func QueryDuckDB(ctx context.Context, path, query string, w io.Writer) error {
+	return queryDuckDB(ctx, path, query, w, nil)
+}
+
+// queryDuckDB is QueryDuckDB; waiting, if not nil, is called each time it
+// finds the file locked, before it waits, so that a test can release the
+// file once the query is waiting for it.
+func queryDuckDB(ctx context.Context, path, query string, w io.Writer, waiting func()) error {
 	if _, err := os.Stat(path); err != nil {
 		return fmt.Errorf("query %s: %w", path, err)
 	}
-	db, err := duckOpenReadOnly(ctx, path)
+	db, err := duckOpenReadOnly(ctx, path, waiting)
 	if err != nil {
 		return err
 	}
@@ -744,8 +748,8 @@ func QueryDuckDB(ctx context.Context, path, query string, w io.Writer) error {
 }
 
 // duckOpenReadOnly opens path read-only, waiting up to duckLockWait while a
-// writer holds it.
-func duckOpenReadOnly(ctx context.Context, path string) (*sql.DB, error) {
+// writer holds it; waiting, if not nil, is called before each wait.
+func duckOpenReadOnly(ctx context.Context, path string, waiting func()) (*sql.DB, error) {
 	deadline := time.Now().Add(duckLockWait)
 	for {
 		c, err := duckdb.NewConnector(path+"?access_mode=READ_ONLY", nil)
@@ -756,6 +760,9 @@ func duckOpenReadOnly(ctx context.Context, path string) (*sql.DB, error) {
 		locked := errors.As(err, &de) && de.Type == duckdb.ErrorTypeIO && strings.Contains(de.Msg, "Could not set lock")
 		if !locked || time.Now().After(deadline) {
 			return nil, fmt.Errorf("open %s: %w", path, err)
+		}
+		if waiting != nil {
+			waiting()
 		}
 		t := time.NewTimer(200 * time.Millisecond)
 		select {

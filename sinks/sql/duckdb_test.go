@@ -7,11 +7,13 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -393,6 +395,27 @@ func TestDuckDBNoKey(t *testing.T) {
 	}
 }
 
+// TestDuckDBMissingKey applies a batch with a change that lacks its key:
+// that row is rejected, not the batch.
+func TestDuckDBMissingKey(t *testing.T) {
+	e := newDuckEnv(t)
+	s := e.sink(t, Config{})
+	tb := dtable("items", col("name", change.String, "text"), key(col("id", change.Int32, "int4")))
+	good := drow(tb, change.OpCreate, 1, `"a"`, `1`)
+	mustApply(t, s, batch(tb, good))
+	for _, bad := range []apply.Row{
+		drow(tb, change.OpDelete, 2, ``, ``),
+		drow(tb, change.OpUpdate, 2, `"b"`, `"`+change.UnavailableMarker+`"`),
+	} {
+		err := s.Apply(context.Background(), batch(tb, drow(tb, change.OpUpdate, 2, `"a2"`, `1`), bad))
+		var re *apply.RowError
+		if !errors.As(err, &re) || re.Index != 1 || !strings.Contains(err.Error(), "key column id") {
+			t.Errorf("got %v, want a RowError for row 1, naming column id", err)
+		}
+	}
+	e.expect(t, "SELECT id, name FROM public.items", "1|a")
+}
+
 func TestDuckDBTableFormat(t *testing.T) {
 	e := newDuckEnv(t)
 	s := e.sink(t, Config{TableFormat: "{db}_{table}"})
@@ -475,7 +498,8 @@ func TestDuckDBKeepOpen(t *testing.T) {
 
 // TestDuckDBQueryWaitsForWriter holds the file open for writing in another
 // process (DuckDB's lock is per process) and checks that QueryDuckDB
-// waits for it instead of failing.
+// waits for it instead of failing. The helper holds the file until its
+// stdin is closed, which the test does only once the query is waiting.
 func TestDuckDBQueryWaitsForWriter(t *testing.T) {
 	e := newDuckEnv(t)
 	s := e.sink(t, Config{})
@@ -484,6 +508,11 @@ func TestDuckDBQueryWaitsForWriter(t *testing.T) {
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestDuckDBHoldHelper$")
 	cmd.Env = append(os.Environ(), "TIDELINE_DUCKDB_HOLD="+e.path)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -491,12 +520,18 @@ func TestDuckDBQueryWaitsForWriter(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer cmd.Wait() //nolint:errcheck // checked below
-	line, err := bufio.NewReader(stdout).ReadString('\n')
+	release := sync.OnceFunc(func() { stdin.Close() })
+	t.Cleanup(func() {
+		release()
+		cmd.Wait() //nolint:errcheck // checked below when the test gets there
+	})
+	out := bufio.NewReader(stdout)
+	line, err := out.ReadString('\n')
 	if err != nil || line != "holding\n" {
 		t.Fatalf("helper said %q, %v", line, err)
 	}
-	// The writer holds the file now: a plain read-only open fails.
+	// The writer holds the file until release: a plain read-only open
+	// fails.
 	if c, err := duckdb.NewConnector(e.path+"?access_mode=READ_ONLY", nil); err == nil {
 		c.Close()
 		t.Fatal("the helper does not hold the file")
@@ -506,16 +541,39 @@ func TestDuckDBQueryWaitsForWriter(t *testing.T) {
 	if err == nil || apply.IsPermanent(err) || !strings.Contains(err.Error(), "lock") {
 		t.Errorf("apply while another process holds the file: got %v, want a transient lock error", err)
 	}
-	var out bytes.Buffer
-	if err := QueryDuckDB(context.Background(), e.path, "SELECT count(*) AS n FROM public.items", &out); err != nil {
+
+	// The query finds the file locked and waits; only then is it
+	// released.
+	waiting := make(chan struct{})
+	signal := sync.OnceFunc(func() { close(waiting) })
+	var res bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- queryDuckDB(context.Background(), e.path, "SELECT count(*) AS n FROM public.items", &res, signal)
+	}()
+	select {
+	case <-waiting:
+	case err := <-done:
+		t.Fatalf("the query returned while the file was held, without waiting: %v", err)
+	}
+	release()
+	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if out.String() != "n\n-\n1\n(1 row)\n" {
-		t.Errorf("got %q", out.String())
+	if res.String() != "n\n-\n1\n(1 row)\n" {
+		t.Errorf("got %q", res.String())
+	}
+	// Read all the helper said before Wait, which closes the pipe.
+	if rest, _ := io.ReadAll(out); !strings.Contains(string(rest), "released") {
+		t.Errorf("helper did not release the file: it said %q", rest)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("helper: %v", err)
 	}
 }
 
-// TestDuckDBHoldHelper is the process TestDuckDBQueryWaitsForWriter starts.
+// TestDuckDBHoldHelper is the process TestDuckDBQueryWaitsForWriter
+// starts: it holds the database file open until its stdin is closed.
 func TestDuckDBHoldHelper(t *testing.T) {
 	path := os.Getenv("TIDELINE_DUCKDB_HOLD")
 	if path == "" {
@@ -526,6 +584,9 @@ func TestDuckDBHoldHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	fmt.Println("holding")
-	time.Sleep(time.Second)
-	c.Close()
+	io.Copy(io.Discard, os.Stdin) //nolint:errcheck // any end of stdin releases the file
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("released")
 }

@@ -202,9 +202,7 @@ func (m *MySQL) myColumnType(c change.Column) string {
 
 // myRank orders DATA_TYPEs a column may be widened through; 0 means not
 // widenable. Ranks widen only within their tens (integers, floats).
-func myRank(dataType string) int {
-	return map[string]int{"tinyint": 1, "smallint": 2, "mediumint": 3, "int": 4, "bigint": 5, "float": 11, "double": 12}[dataType]
-}
+var myRank = map[string]int{"tinyint": 1, "smallint": 2, "mediumint": 3, "int": 4, "bigint": 5, "float": 11, "double": 12}
 
 // myDataType is information_schema's DATA_TYPE of a type we create.
 func myDataType(typ string) string {
@@ -217,7 +215,7 @@ func myDataType(typ string) string {
 // myWidens reports whether a column of DATA_TYPE have must be widened to hold
 // the values of c.
 func myWidens(have string, c change.Column) bool {
-	r, h := myRank(myDataType(myType(c))), myRank(have)
+	r, h := myRank[myDataType(myType(c))], myRank[have]
 	return h > 0 && r > h && r/10 == h/10
 }
 
@@ -407,10 +405,13 @@ func (m *MySQL) Apply(ctx context.Context, b *apply.TableBatch) error {
 		r := &b.Rows[i]
 		mr := myRow{vals: make([]any, 0, len(r.Values)), size: len(r.Order) + 16}
 		for j, raw := range r.Values {
-			if raw == nil || isUnavailable(raw) {
+			c := &b.Table.Columns[j]
+			if absent(raw) {
+				if c.Key {
+					return keyAbsent(i, tg.my(), c.Name)
+				}
 				continue
 			}
-			c := b.Table.Columns[j]
 			v, err := myValue(raw, c.Logical)
 			if err != nil {
 				return &apply.RowError{Index: i, Err: fmt.Errorf("%s column %s: %w", tg.my(), c.Name, err)}
@@ -461,17 +462,12 @@ func (m *MySQL) write(ctx context.Context, tg target, b *apply.TableBatch, rows 
 			return err
 		}
 	}
-	for _, group := range groupByPresence(b.Rows) {
-		var idx []int
-		for _, i := range group {
-			if keep[i] {
-				idx = append(idx, i)
-			}
-		}
-		if len(idx) == 0 {
+	for _, g := range groupByPresence(b.Rows) {
+		g, ok := g.only(keep)
+		if !ok {
 			continue
 		}
-		if err := m.applyGroup(ctx, tx, tg, b, idx, rows); err != nil {
+		if err := m.applyGroup(ctx, tx, tg, b, g, rows); err != nil {
 			return err
 		}
 	}
@@ -486,6 +482,21 @@ func (m *MySQL) write(ctx context.Context, tg target, b *apply.TableBatch, rows 
 // column with a string as doubles, which lose digits), bytes decoded,
 // booleans as 1/0, the rest as the text textValue gives.
 func myValue(raw []byte, l change.Logical) (any, error) {
+	switch l {
+	case change.Int16, change.Int32, change.Int64, change.Uint64:
+		// Integers are most values: parse them once, here. Anything else
+		// (null, a bad value) is textValue's to render or report.
+		if len(raw) > 0 && (raw[0] == '-' || '0' <= raw[0] && raw[0] <= '9') {
+			if n, err := strconv.ParseInt(string(raw), 10, 64); err == nil {
+				return n, nil
+			}
+			if l == change.Uint64 {
+				if n, err := strconv.ParseUint(string(raw), 10, 64); err == nil {
+					return n, nil
+				}
+			}
+		}
+	}
 	s, null, err := textValue(raw, l, textStyle{zone: false})
 	if err != nil || null {
 		return nil, err
@@ -497,6 +508,7 @@ func myValue(raw []byte, l change.Logical) (any, error) {
 		}
 		return int64(0), nil
 	case change.Int16, change.Int32, change.Int64, change.Uint64:
+		// Not a plain number above, yet textValue took it: parse its text.
 		if n, err := strconv.ParseInt(s, 10, 64); err == nil {
 			return n, nil
 		}
@@ -626,14 +638,13 @@ func myChunks(idx []int, width int, rows []myRow) [][]int {
 	return out
 }
 
-// applyGroup writes rows idx, which carry the same columns: hard deletes
-// with their tombstones, then upserts.
-func (m *MySQL) applyGroup(ctx context.Context, tx *sql.Tx, tg target, b *apply.TableBatch, idx []int, rows []myRow) error {
-	pres := present(&b.Rows[idx[0]])
+// applyGroup writes the rows of g: hard deletes with their tombstones,
+// then upserts.
+func (m *MySQL) applyGroup(ctx context.Context, tx *sql.Tx, tg target, b *apply.TableBatch, g group, rows []myRow) error {
 	var cols []change.Column
 	var keyAt []int // into cols
 	for j, c := range b.Table.Columns {
-		if pres[j] {
+		if g.present[j] {
 			if c.Key {
 				keyAt = append(keyAt, len(cols))
 			}
@@ -641,12 +652,12 @@ func (m *MySQL) applyGroup(ctx context.Context, tx *sql.Tx, tg target, b *apply.
 		}
 	}
 	if len(keyAt) < len(keyColumns(b.Table)) {
-		// A delete's before image lacks key columns: nothing to match on.
-		return apply.Reject(fmt.Errorf("changes of %s lack key columns", tg.my()))
+		// Apply rejects the rows that lack a key column before writing.
+		return apply.Permanent(fmt.Errorf("changes of %s lack key columns", tg.my()))
 	}
 
 	var dels, ups []int
-	for _, i := range idx {
+	for _, i := range g.rows {
 		if b.Rows[i].Op == change.OpDelete && !m.cfg.SoftDelete {
 			dels = append(dels, i)
 		} else {

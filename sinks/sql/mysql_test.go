@@ -91,6 +91,7 @@ func TestMySQL(t *testing.T) {
 	t.Run("Evolve", e.testEvolve)
 	t.Run("BadValues", e.testBadValues)
 	t.Run("NoKey", e.testNoKey)
+	t.Run("MissingKey", e.testMissingKey)
 	t.Run("Chunks", e.testChunks)
 	t.Run("TableFormat", e.testTableFormat)
 	t.Run("Conformance", e.testConformance)
@@ -442,6 +443,27 @@ func (e *myEnv) testNoKey(t *testing.T) {
 	if !errors.As(err, &re) || !errors.Is(err, errNoKey) {
 		t.Errorf("got %v, want a Reject of errNoKey", err)
 	}
+}
+
+// testMissingKey applies a batch with a change that lacks its key: that
+// row is rejected, not the batch.
+func (e *myEnv) testMissingKey(t *testing.T) {
+	s, db := e.sink(t, Config{})
+	tb := mtable("nokeyval", col("v", change.String, "text"), key(col("id", change.Int32, "int")))
+	good := mrow(tb, change.OpCreate, 10, `"a"`, "1")
+	for _, bad := range []apply.Row{
+		mrow(tb, change.OpDelete, 10, "", ""),
+		mrow(tb, change.OpUpdate, 10, `"b"`, `"`+change.UnavailableMarker+`"`),
+	} {
+		err := s.Apply(context.Background(), batch(tb, good, bad))
+		var re *apply.RowError
+		if !errors.As(err, &re) || re.Index != 1 || !strings.Contains(err.Error(), "key column id") {
+			t.Errorf("got %v, want a RowError for row 1, naming column id", err)
+		}
+	}
+	e.expect(t, "SELECT COUNT(*) FROM "+db+".nokeyval", "0")
+	mustApply(t, s, batch(tb, good))
+	e.expect(t, "SELECT id, v FROM "+db+".nokeyval", "1|a")
 }
 
 func (e *myEnv) testChunks(t *testing.T) {

@@ -122,10 +122,9 @@ func pgType(c change.Column) string {
 }
 
 // pgRank orders information_schema data types a column may be widened
-// through; 0 means not widenable.
-func pgRank(dataType string) int {
-	return map[string]int{"smallint": 1, "integer": 2, "bigint": 3, "numeric": 4, "real": 11, "double precision": 12}[dataType]
-}
+// through; 0 means not widenable. Ranks widen only within their tens
+// (integers and numeric, floats).
+var pgRank = map[string]int{"smallint": 1, "integer": 2, "bigint": 3, "numeric": 4, "real": 11, "double precision": 12}
 
 // pgDataType is information_schema's data_type of a type we create.
 func pgDataType(typ string) string {
@@ -198,7 +197,7 @@ func (p *Postgres) ensure(ctx context.Context, tg target, t *change.Table) (*pgT
 				return nil, fmt.Errorf("add column %s to %s: %w", c.Name, tg.pg(), classifyPG(err))
 			}
 			p.log.Info("target column added", zap.String("table", tg.pg()), zap.String("column", c.Name), zap.String("type", want))
-		case pgRank(have) > 0 && pgRank(pgDataType(want)) > pgRank(have) && pgRank(pgDataType(want))/10 == pgRank(have)/10:
+		case pgWidens(have, want):
 			if _, err := p.pool.Exec(ctx, fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s TYPE %s", tg.pg(), pgIdent(c.Name), want)); err != nil {
 				return nil, fmt.Errorf("widen column %s of %s to %s: %w", c.Name, tg.pg(), want, classifyPG(err))
 			}
@@ -213,6 +212,13 @@ func (p *Postgres) ensure(ctx context.Context, tg target, t *change.Table) (*pgT
 	return pt, nil
 }
 
+// pgWidens reports whether a column of data type have must be widened to
+// type want.
+func pgWidens(have, want string) bool {
+	h, w := pgRank[have], pgRank[pgDataType(want)]
+	return h > 0 && w > h && w/10 == h/10
+}
+
 // covers reports whether the target has every column of t with a type at
 // least as wide.
 func (pt *pgTable) covers(t *change.Table) bool {
@@ -221,7 +227,7 @@ func (pt *pgTable) covers(t *change.Table) bool {
 		if !ok {
 			return false
 		}
-		if r := pgRank(pgDataType(pgType(c))); r > 0 && r > pgRank(have) && r/10 == pgRank(have)/10 {
+		if pgWidens(have, pgType(c)) {
 			return false
 		}
 	}
@@ -238,15 +244,19 @@ func (p *Postgres) columns(ctx context.Context, tg target) (map[string]string, e
 	if err != nil {
 		return nil, fmt.Errorf("read the columns of %s: %w", tg.pg(), classifyPG(err))
 	}
+	defer rows.Close() // on a Scan error too: an open result holds its connection
 	cols := map[string]string{}
 	for rows.Next() {
 		var n, t string
 		if err := rows.Scan(&n, &t); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("read the columns of %s: %w", tg.pg(), err)
 		}
 		cols[n] = t
 	}
-	return cols, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read the columns of %s: %w", tg.pg(), classifyPG(err))
+	}
+	return cols, nil
 }
 
 // Apply implements apply.Sink.
@@ -259,7 +269,7 @@ func (p *Postgres) Apply(ctx context.Context, b *apply.TableBatch) error {
 		return apply.Reject(err)
 	}
 	if _, err := p.ensure(ctx, tg, b.Table); err != nil {
-		return err
+		return p.fail(ctx, tg, err)
 	}
 	// Render every value first: a value the column cannot hold is that
 	// row's fault, found before anything is written.
@@ -270,12 +280,16 @@ func (p *Postgres) Apply(ctx context.Context, b *apply.TableBatch) error {
 		vals := make([]any, 0, len(r.Values)+3)
 		vals = append(vals, string(r.Key), string(r.Order), string(r.Op))
 		for j, v := range r.Values {
-			if v == nil || isUnavailable(v) {
+			c := &b.Table.Columns[j]
+			if absent(v) {
+				if c.Key {
+					return keyAbsent(i, tg.pg(), c.Name)
+				}
 				continue
 			}
-			s, null, err := textValue(v, b.Table.Columns[j].Logical, st)
+			s, null, err := textValue(v, c.Logical, st)
 			if err != nil {
-				return &apply.RowError{Index: i, Err: fmt.Errorf("column %s: %w", b.Table.Columns[j].Name, err)}
+				return &apply.RowError{Index: i, Err: fmt.Errorf("column %s: %w", c.Name, err)}
 			}
 			if null {
 				vals = append(vals, nil)
@@ -286,39 +300,61 @@ func (p *Postgres) Apply(ctx context.Context, b *apply.TableBatch) error {
 		staged[i] = vals
 	}
 
-	all := make([]int, len(b.Rows))
-	for i := range all {
-		all[i] = i
-	}
+	groups := groupByPresence(b.Rows)
 	if b.Truncate != nil || len(b.Rows) < parallelRows {
-		return p.write(ctx, tg, b, all, staged)
+		return p.fail(ctx, tg, p.write(ctx, tg, b, groups, staged))
 	}
 	// A big batch is written by two transactions at once, on two
 	// connections: the keys are distinct, so they cannot conflict, and
 	// PostgreSQL then uses both cores. If one fails, the other may have
 	// committed: the retry rewrites nothing it wrote (position guard).
-	halves := [2][]int{}
-	for _, i := range all {
-		halves[i%2] = append(halves[i%2], i)
+	var halves [2][]group
+	for _, g := range groups {
+		var h [2]group
+		for n, i := range g.rows {
+			h[n%2].rows = append(h[n%2].rows, i)
+		}
+		for k := range halves {
+			if len(h[k].rows) > 0 {
+				h[k].present = g.present
+				halves[k] = append(halves[k], h[k])
+			}
+		}
 	}
-	g, gctx := errgroup.WithContext(ctx)
+	eg, gctx := errgroup.WithContext(ctx)
 	for _, h := range halves {
-		g.Go(func() error { return p.write(gctx, tg, b, h, staged) })
+		eg.Go(func() error { return p.write(gctx, tg, b, h, staged) })
 	}
-	return g.Wait()
+	return p.fail(ctx, tg, eg.Wait())
+}
+
+// fail returns err, the outcome of an Apply of tg. On a transient error it
+// forgets what the sink knows of the table, so that the retry reads it
+// again: someone may have dropped the table or one of its columns, and
+// each retry would otherwise fail on it forever. It reports cancellation
+// as ctx.Err(), as apply.Sink asks.
+func (p *Postgres) fail(ctx context.Context, tg target, err error) error {
+	if err == nil || apply.IsPermanent(err) {
+		return err
+	}
+	delete(p.tables, tg)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
 }
 
 // parallelRows is the batch size from which two transactions share it.
 const parallelRows = 2000
 
-// write applies rows idx of b (and its truncate) in one transaction.
-func (p *Postgres) write(ctx context.Context, tg target, b *apply.TableBatch, idx []int, staged [][]any) error {
+// write applies the rows of groups (and b's truncate) in one transaction.
+func (p *Postgres) write(ctx context.Context, tg target, b *apply.TableBatch, groups []group, staged [][]any) error {
 	tx, err := p.pool.Begin(ctx)
 	if err != nil {
 		return classifyPG(err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after Commit it is a no-op
-	keep, err := p.unburied(ctx, tx, tg, b, idx)
+	keep, err := p.unburied(ctx, tx, tg, b, groups)
 	if err != nil {
 		return err
 	}
@@ -327,17 +363,14 @@ func (p *Postgres) write(ctx context.Context, tg target, b *apply.TableBatch, id
 			return err
 		}
 	}
-	for _, group := range groupByPresence(b.Rows) {
-		var rows []int
-		for _, i := range group {
-			if keep[i] {
-				rows = append(rows, i)
-			}
-		}
-		if len(rows) == 0 {
+	// The staging tables this transaction filled: see applyGroup.
+	used := map[int]bool{}
+	for _, g := range groups {
+		g, ok := g.only(keep)
+		if !ok {
 			continue
 		}
-		if err := p.applyGroup(ctx, tx, tg, b, rows, staged); err != nil {
+		if err := p.applyGroup(ctx, tx, tg, b, g, staged, used); err != nil {
 			return err
 		}
 	}
@@ -347,19 +380,26 @@ func (p *Postgres) write(ctx context.Context, tg target, b *apply.TableBatch, id
 	return nil
 }
 
-// unburied returns which of rows idx are newer than their key's tombstone
-// and the table's last truncate: older ones were deleted after they
-// happened. Rows not in idx are never kept.
-func (p *Postgres) unburied(ctx context.Context, tx pgx.Tx, tg target, b *apply.TableBatch, idx []int) ([]bool, error) {
-	keys := make([]string, 0, len(idx)+1)
-	for _, i := range idx {
-		keys = append(keys, string(b.Rows[i].Key))
+// unburied returns which rows of groups are newer than their key's
+// tombstone and the table's last truncate: older ones were deleted after
+// they happened. Rows not in groups are never kept.
+func (p *Postgres) unburied(ctx context.Context, tx pgx.Tx, tg target, b *apply.TableBatch, groups []group) ([]bool, error) {
+	n := 1
+	for _, g := range groups {
+		n += len(g.rows)
+	}
+	keys := make([]string, 0, n)
+	for _, g := range groups {
+		for _, i := range g.rows {
+			keys = append(keys, string(b.Rows[i].Key))
+		}
 	}
 	keys = append(keys, truncateKey)
 	rows, err := tx.Query(ctx, fmt.Sprintf("SELECT key, position FROM %s WHERE table_name = $1 AND key = ANY($2)", tg.pgTombstones()), tg.name, keys)
 	if err != nil {
 		return nil, classifyPG(err)
 	}
+	defer rows.Close() // on a Scan error too: an open result holds its connection
 	buried := map[string]string{}
 	for rows.Next() {
 		var k, pos string
@@ -373,8 +413,10 @@ func (p *Postgres) unburied(ctx context.Context, tx pgx.Tx, tg target, b *apply.
 	}
 	keep := filterBuried(b, buried)
 	in := make([]bool, len(b.Rows))
-	for _, i := range idx {
-		in[i] = keep[i]
+	for _, g := range groups {
+		for _, i := range g.rows {
+			in[i] = keep[i]
+		}
 	}
 	return in, nil
 }
@@ -412,37 +454,46 @@ func (p *Postgres) truncate(ctx context.Context, tx pgx.Tx, tg target, order []b
 	return classifyPG(err)
 }
 
-// applyGroup stages rows idx (which carry the same columns) and merges
-// them: deletes, then upserts.
-func (p *Postgres) applyGroup(ctx context.Context, tx pgx.Tx, tg target, b *apply.TableBatch, idx []int, staged [][]any) error {
-	pres := present(&b.Rows[idx[0]])
+// applyGroup stages the rows of g and merges them: deletes, then upserts.
+//
+// Staging tables are temporary, one per width, per session, emptied at
+// each commit: no catalog churn per batch. Two groups of one transaction
+// may have the same width (but carry different columns), so a table used
+// reads the rows of an earlier group too: used holds the widths this
+// transaction filled, and a reused table is emptied first.
+func (p *Postgres) applyGroup(ctx context.Context, tx pgx.Tx, tg target, b *apply.TableBatch, g group, staged [][]any, used map[int]bool) error {
 	var tcols []change.Column
 	for j, c := range b.Table.Columns {
-		if pres[j] {
+		if g.present[j] {
 			tcols = append(tcols, c)
 		}
 	}
-	// One staging table per width, per session, emptied at each commit:
-	// no catalog churn per batch.
 	stage := fmt.Sprintf("_tl_stage_%d", len(tcols))
 	cols := []string{"_k", "_pos", "_op"}
 	for n := range tcols {
 		cols = append(cols, fmt.Sprintf("c%d", n))
 	}
-	var ddl strings.Builder
-	fmt.Fprintf(&ddl, "CREATE TEMP TABLE IF NOT EXISTS %s (", stage)
-	for i, c := range cols {
-		if i > 0 {
-			ddl.WriteString(", ")
+	if used[len(tcols)] {
+		if _, err := tx.Exec(ctx, "TRUNCATE "+stage); err != nil {
+			return classifyPG(err)
 		}
-		fmt.Fprintf(&ddl, "%s text", c)
+	} else {
+		var ddl strings.Builder
+		fmt.Fprintf(&ddl, "CREATE TEMP TABLE IF NOT EXISTS %s (", stage)
+		for i, c := range cols {
+			if i > 0 {
+				ddl.WriteString(", ")
+			}
+			fmt.Fprintf(&ddl, "%s text", c)
+		}
+		ddl.WriteString(") ON COMMIT DELETE ROWS")
+		if _, err := tx.Exec(ctx, ddl.String()); err != nil {
+			return classifyPG(err)
+		}
+		used[len(tcols)] = true
 	}
-	ddl.WriteString(") ON COMMIT DELETE ROWS")
-	if _, err := tx.Exec(ctx, ddl.String()); err != nil {
-		return classifyPG(err)
-	}
-	src := make([][]any, len(idx))
-	for n, i := range idx {
+	src := make([][]any, len(g.rows))
+	for n, i := range g.rows {
 		src[n] = staged[i]
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{stage}, cols, pgx.CopyFromRows(src)); err != nil {
@@ -456,8 +507,8 @@ func (p *Postgres) applyGroup(ctx context.Context, tx pgx.Tx, tg target, b *appl
 		}
 	}
 	if len(keyMatch) < len(keyColumns(b.Table)) {
-		// A delete's before image lacks key columns: nothing to match on.
-		return apply.Reject(fmt.Errorf("changes of %s lack key columns", tg.pg()))
+		// Apply rejects the rows that lack a key column before writing.
+		return apply.Permanent(fmt.Errorf("changes of %s lack key columns", tg.pg()))
 	}
 	if !p.cfg.SoftDelete {
 		del := fmt.Sprintf("DELETE FROM %s t USING %s s WHERE s._op = 'd' AND %s AND t.%s < s._pos",

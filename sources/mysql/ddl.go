@@ -2,6 +2,7 @@ package mysql
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -29,8 +30,9 @@ type effectKind uint8
 const (
 	effAltered effectKind = iota + 1
 	effCreated
-	effDropped
-	effRenamedAway // the table left the capture under its old name
+	// effGone: the table left the capture under its name, dropped or
+	// renamed (a rename within the capture also creates the new name).
+	effGone
 	effTruncated
 )
 
@@ -38,8 +40,8 @@ const (
 type effect struct {
 	kind effectKind
 	name string // db.table
-	// to is the new name of a renamed table ("" when renamed out of the
-	// capture).
+	// to is the new name of a table that was renamed (captured or not),
+	// "" when it was dropped; only for the log.
 	to string
 }
 
@@ -50,8 +52,9 @@ type ddlTracker struct {
 	// match reports whether db.table is captured (source.tables).
 	match func(name string) bool
 	// dbCharset returns a database's default character set, for tables
-	// created without one; it may return "" when unknown.
-	dbCharset func(db string) string
+	// created without one. An error makes the statement untracked (the
+	// stream then reads the shape from the server).
+	dbCharset func(db string) (string, error)
 }
 
 // errUnparsed marks a statement the parser did not understand.
@@ -71,24 +74,93 @@ func shorten(q string) string {
 	return q
 }
 
-// apply applies the statement q (run with default database db) to tables,
-// replacing the *table of every table it changes (shapes are immutable once
-// handed out: events hold them). It returns what it did to captured tables.
-func (d *ddlTracker) apply(tables map[string]*table, db, q string) ([]effect, error) {
+// errUntracked marks a statement that parsed but cannot be applied to the
+// tracked shapes; tables are the captured tables it names (tracked, or
+// matching source.tables), which the stream reads from the server instead.
+type errUntracked struct {
+	tables []string
+	err    error
+}
+
+func (e errUntracked) Error() string { return e.err.Error() }
+func (e errUntracked) Unwrap() error { return e.err }
+
+// apply applies the statement q (run with default database db) to the
+// shapes in tables and returns the shapes after it and what it did to
+// captured tables. It never changes tables: the result is a new map when
+// q changed something. A statement is applied whole or not at all: when a
+// part of it fails (the second pair of a RENAME TABLE, say), the caller
+// still has tables as they were before q, which name every table the
+// statement may have touched. Every *table it changes is replaced, never
+// altered (shapes are immutable once handed out: events hold them).
+func (d *ddlTracker) apply(tables map[string]*table, db, q string) (map[string]*table, []effect, error) {
 	stmts, _, err := d.p.Parse(mariadbCompat(q), "", "")
 	if err != nil {
-		return nil, errUnparsed{q, err}
+		return nil, nil, errUnparsed{q, err}
 	}
+	var next map[string]*table // copied on the first statement that can change it
 	var out []effect
 	for _, s := range stmts {
-		effs, err := d.applyOne(tables, db, s)
+		if next == nil && changesShapes(s) {
+			next = maps.Clone(tables)
+		}
+		cur := next
+		if cur == nil {
+			cur = tables // read only: s changes no shape
+		}
+		effs, err := d.applyOne(cur, db, s)
 		if err != nil {
-			return out, fmt.Errorf("DDL %q: %w", shorten(q), err)
+			return nil, nil, errUntracked{tables: d.touched(tables, db, stmts), err: fmt.Errorf("DDL %q: %w", shorten(q), err)}
 		}
 		out = append(out, effs...)
 	}
-	return out, nil
+	if next == nil {
+		next = tables
+	}
+	return next, out, nil
 }
+
+// changesShapes reports whether applyOne may change the map for s.
+func changesShapes(s ast.StmtNode) bool {
+	switch s.(type) {
+	case *ast.CreateTableStmt, *ast.AlterTableStmt, *ast.RenameTableStmt, *ast.DropTableStmt, *ast.DropDatabaseStmt:
+		return true
+	}
+	return false
+}
+
+// touched returns the captured tables that stmts name, tracked in tables or
+// matching source.tables (a table entering the capture), sorted.
+func (d *ddlTracker) touched(tables map[string]*table, db string, stmts []ast.StmtNode) []string {
+	v := &tableNames{db: db, seen: map[string]bool{}}
+	for _, s := range stmts {
+		s.Accept(v)
+	}
+	var out []string
+	for name := range v.seen {
+		if _, ok := tables[name]; ok || d.match(name) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// tableNames collects the qualified names of the tables a statement
+// names.
+type tableNames struct {
+	db   string
+	seen map[string]bool
+}
+
+func (v *tableNames) Enter(n ast.Node) (ast.Node, bool) {
+	if tn, ok := n.(*ast.TableName); ok {
+		v.seen[qualify(v.db, tn)] = true
+	}
+	return n, false
+}
+
+func (v *tableNames) Leave(n ast.Node) (ast.Node, bool) { return n, true }
 
 // mariadbCompat rewrites MariaDB-only forms the parser does not know into
 // equivalent MySQL ones.
@@ -127,13 +199,17 @@ func (d *ddlTracker) applyOne(tables map[string]*table, db string, s ast.StmtNod
 			if !ok {
 				return nil, fmt.Errorf("CREATE TABLE %s LIKE %s: the shape of %s is not tracked (it is not captured)", name, qualify(db, x.ReferTable), qualify(db, x.ReferTable))
 			}
-			tab = src.clone(name, d.prefix)
+			tab = src.clone(name)
 		case x.Select != nil:
 			return nil, fmt.Errorf("CREATE TABLE %s … SELECT: the columns of a query result are not tracked", name)
 		default:
 			tab = &table{name: name, charset: tableCharset(x.Options)}
-			if tab.charset == "" && d.dbCharset != nil {
-				tab.charset = d.dbCharset(dbOf(name))
+			if tab.charset == "" {
+				cs, err := d.dbCharset(dbOf(name))
+				if err != nil {
+					return nil, fmt.Errorf("CREATE TABLE %s without a character set: %w", name, err)
+				}
+				tab.charset = cs
 			}
 			for _, cd := range x.Cols {
 				tab.cols = append(tab.cols, tab.columnOf(cd))
@@ -154,7 +230,7 @@ func (d *ddlTracker) applyOne(tables map[string]*table, db string, s ast.StmtNod
 		if !ok {
 			return nil, nil
 		}
-		tab := old.clone(name, d.prefix)
+		tab := old.clone(name)
 		to := ""
 		for _, sp := range x.Specs {
 			if sp.Tp == ast.AlterTableRenameTable {
@@ -196,7 +272,7 @@ func (d *ddlTracker) applyOne(tables map[string]*table, db string, s ast.StmtNod
 			name := qualify(db, tn)
 			if _, ok := tables[name]; ok {
 				delete(tables, name)
-				out = append(out, effect{kind: effDropped, name: name})
+				out = append(out, effect{kind: effGone, name: name})
 			}
 		}
 		return out, nil
@@ -206,7 +282,7 @@ func (d *ddlTracker) applyOne(tables map[string]*table, db string, s ast.StmtNod
 		for name := range tables {
 			if dbOf(name) == x.Name.O {
 				delete(tables, name)
-				out = append(out, effect{kind: effDropped, name: name})
+				out = append(out, effect{kind: effGone, name: name})
 			}
 		}
 		slices.SortFunc(out, func(a, b effect) int { return strings.Compare(a.name, b.name) })
@@ -227,12 +303,12 @@ func (d *ddlTracker) applyOne(tables map[string]*table, db string, s ast.StmtNod
 func (d *ddlTracker) rename(tables map[string]*table, from, to string, tab *table) []effect {
 	delete(tables, from)
 	if !d.match(to) {
-		return []effect{{kind: effRenamedAway, name: from}}
+		return []effect{{kind: effGone, name: from, to: to}}
 	}
-	moved := tab.clone(to, d.prefix)
+	moved := tab.clone(to)
 	moved.build(d.prefix)
 	tables[to] = moved
-	return []effect{{kind: effRenamedAway, name: from, to: to}, {kind: effCreated, name: to}}
+	return []effect{{kind: effGone, name: from, to: to}, {kind: effCreated, name: to}}
 }
 
 func dbOf(name string) string {
@@ -262,11 +338,9 @@ func tableCharset(opts []*ast.TableOption) string {
 }
 
 // clone copies a table's shape under name (columns are values, so the copy
-// can be altered without touching tab).
-func (tab *table) clone(name, prefix string) *table {
-	c := &table{name: name, charset: tab.charset, cols: slices.Clone(tab.cols)}
-	c.build(prefix)
-	return c
+// can be altered without touching tab). The caller builds it once done.
+func (tab *table) clone(name string) *table {
+	return &table{name: name, charset: tab.charset, cols: slices.Clone(tab.cols)}
 }
 
 // build makes the change.Table of the shape.

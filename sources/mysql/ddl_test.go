@@ -1,6 +1,7 @@
 package mysql
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -27,7 +28,7 @@ func shape(tab *table) string {
 
 func newTracker(patterns ...string) *ddlTracker {
 	return &ddlTracker{p: parser.New(), prefix: "p", match: newMatcher(patterns).match,
-		dbCharset: func(string) string { return "utf8mb4" }}
+		dbCharset: func(string) (string, error) { return "utf8mb4", nil }}
 }
 
 func TestDDLTracker(t *testing.T) {
@@ -55,7 +56,7 @@ func TestDDLTracker(t *testing.T) {
 				"app.u": "id:int* d:text@utf8mb4 a:varchar@utf8mb4 j:json c2:bigint e:char*@utf8mb4"}, "created app.u"},
 		{"app", "RENAME TABLE u TO v, t TO other.t",
 			map[string]string{"app.v": "id:int* d:text@utf8mb4 a:varchar@utf8mb4 j:json c2:bigint e:char*@utf8mb4"},
-			"renamed app.u->app.v created app.v renamed app.t->"},
+			"renamed app.u->app.v created app.v renamed app.t->other.t"},
 		{"app", "ALTER TABLE v RENAME TO w, ADD COLUMN z YEAR",
 			map[string]string{"app.w": "id:int* d:text@utf8mb4 a:varchar@utf8mb4 j:json c2:bigint e:char*@utf8mb4 z:year"},
 			"renamed app.v->app.w created app.w"},
@@ -68,10 +69,14 @@ func TestDDLTracker(t *testing.T) {
 		{"app", "GRANT SELECT ON app.* TO someone", map[string]string{}, ""},
 	}
 	for i, s := range steps {
-		effs, err := d.apply(tables, s.db, s.q)
+		next, effs, err := d.apply(tables, s.db, s.q)
 		if err != nil {
 			t.Fatalf("step %d %q: %v", i, s.q, err)
 		}
+		if s.effs == "" && !sameTables(next, tables) {
+			t.Errorf("step %d %q: no effect, but the map changed", i, s.q)
+		}
+		tables = next
 		var got []string
 		for _, e := range effs {
 			switch e.kind {
@@ -79,10 +84,12 @@ func TestDDLTracker(t *testing.T) {
 				got = append(got, "created "+e.name)
 			case effAltered:
 				got = append(got, "altered "+e.name)
-			case effDropped:
-				got = append(got, "dropped "+e.name)
-			case effRenamedAway:
-				got = append(got, "renamed "+e.name+"->"+e.to)
+			case effGone:
+				if e.to == "" {
+					got = append(got, "dropped "+e.name)
+				} else {
+					got = append(got, "renamed "+e.name+"->"+e.to)
+				}
 			case effTruncated:
 				got = append(got, "truncated "+e.name)
 			}
@@ -113,15 +120,10 @@ func TestDDLTrackerKeepsOldShapes(t *testing.T) {
 	// Events keep the *table they were decoded with: an ALTER must not
 	// change it in place.
 	d := newTracker("app.t")
-	tables := map[string]*table{}
-	if _, err := d.apply(tables, "app", "CREATE TABLE t (id INT PRIMARY KEY, a INT)"); err != nil {
-		t.Fatal(err)
-	}
+	tables := mustApply(t, d, map[string]*table{}, "app", "CREATE TABLE t (id INT PRIMARY KEY, a INT)")
 	old := tables["app.t"]
 	oldT := old.t
-	if _, err := d.apply(tables, "app", "ALTER TABLE t DROP COLUMN a, ADD COLUMN b TEXT FIRST"); err != nil {
-		t.Fatal(err)
-	}
+	tables = mustApply(t, d, tables, "app", "ALTER TABLE t DROP COLUMN a, ADD COLUMN b TEXT FIRST")
 	if shape(old) != "id:int* a:int" || len(oldT.Columns) != 2 || oldT.Columns[1].Name != "a" {
 		t.Errorf("the old shape changed: %s", shape(old))
 	}
@@ -132,26 +134,149 @@ func TestDDLTrackerKeepsOldShapes(t *testing.T) {
 
 func TestDDLTrackerErrors(t *testing.T) {
 	d := newTracker("app.*")
-	tables := map[string]*table{}
-	if _, err := d.apply(tables, "app", "CREATE TABLE t (id INT PRIMARY KEY)"); err != nil {
-		t.Fatal(err)
-	}
-	for _, q := range []string{
-		"ALTER TABLE t ADD COLUMN x INT AFTER nope",
-		"ALTER TABLE t MODIFY nope INT",
-		"RENAME TABLE elsewhere.t TO app.z",
-		"CREATE TABLE s AS SELECT 1 AS x",
-		"CREATE TABLE s LIKE elsewhere.q",
+	tables := mustApply(t, d, map[string]*table{}, "app", "CREATE TABLE t (id INT PRIMARY KEY)")
+	for q, names := range map[string]string{
+		"ALTER TABLE t ADD COLUMN x INT AFTER nope": "app.t",
+		"ALTER TABLE t MODIFY nope INT":             "app.t",
+		"RENAME TABLE elsewhere.t TO app.z":         "app.z",
+		"CREATE TABLE s AS SELECT 1 AS x":           "app.s",
+		"CREATE TABLE s LIKE elsewhere.q":           "app.s",
 	} {
-		if _, err := d.apply(tables, "app", q); err == nil {
+		next, effs, err := d.apply(tables, "app", q)
+		var untracked errUntracked
+		switch {
+		case err == nil:
 			t.Errorf("%q: no error", q)
-		} else if !strings.Contains(err.Error(), q[:10]) {
+		case !strings.Contains(err.Error(), q[:10]):
 			t.Errorf("%q: error %q does not quote the statement", q, err)
+		case !errors.As(err, &untracked):
+			t.Errorf("%q: error %T, want errUntracked", q, err)
+		case strings.Join(untracked.tables, ",") != names:
+			t.Errorf("%q: names the captured tables %v, want %s", q, untracked.tables, names)
+		}
+		if next != nil || effs != nil {
+			t.Errorf("%q: returned a map or effects with an error", q)
 		}
 	}
-	_, err := d.apply(tables, "app", "THIS IS NOT SQL")
+	if len(tables) != 1 || shape(tables["app.t"]) != "id:int*" {
+		t.Errorf("failed statements changed the shapes: %v", tables)
+	}
+	_, _, err := d.apply(tables, "app", "THIS IS NOT SQL")
 	if _, ok := err.(errUnparsed); !ok {
 		t.Errorf("garbage: got %v, want errUnparsed", err)
+	}
+	// A database whose character set cannot be read: the CREATE is not
+	// tracked (no table with charset ""), and names the new table.
+	d.dbCharset = func(db string) (string, error) { return "", errors.New("connection lost") }
+	_, _, err = d.apply(tables, "app", "CREATE TABLE n (id INT PRIMARY KEY, s TEXT)")
+	var untracked errUntracked
+	if !errors.As(err, &untracked) || !strings.Contains(err.Error(), "connection lost") || strings.Join(untracked.tables, ",") != "app.n" {
+		t.Errorf("CREATE TABLE without a readable database charset: got %v", err)
+	}
+	if _, ok := tables["app.n"]; ok {
+		t.Error("the untracked CREATE TABLE added a shape")
+	}
+}
+
+// TestDDLApplyAtomic: a statement that fails in its second part leaves
+// the shapes as they were before it, so the stream's fallback still finds
+// the tables it touched (gh-ost's cutover with only the original table
+// captured: the first pair renames it away, the second is untracked).
+func TestDDLApplyAtomic(t *testing.T) {
+	d := newTracker("app.orders")
+	tables := mustApply(t, d, map[string]*table{}, "app", "CREATE TABLE orders (id INT PRIMARY KEY, a INT)")
+	orders := tables["app.orders"]
+	for q, names := range map[string]string{
+		"RENAME TABLE app.orders TO app._orders_del, app._orders_gho TO app.orders": "app.orders",
+		// Two statements in one event, the second untracked.
+		"ALTER TABLE orders ADD COLUMN z INT; CREATE TABLE app.orders LIKE app._orders_gho": "app.orders",
+		"DROP TABLE app.orders; CREATE TABLE app.orders LIKE app._orders_gho":               "app.orders",
+	} {
+		next, effs, err := d.apply(tables, "app", q)
+		var untracked errUntracked
+		if !errors.As(err, &untracked) || next != nil || effs != nil {
+			t.Fatalf("%q: got %v %v %v, want an errUntracked only", q, next, effs, err)
+		}
+		if strings.Join(untracked.tables, ",") != names {
+			t.Errorf("%q: names %v, want %s", q, untracked.tables, names)
+		}
+		if len(tables) != 1 || tables["app.orders"] != orders || shape(orders) != "id:int* a:int" {
+			t.Errorf("%q: the failed statement changed the shapes: %v", q, tables)
+		}
+	}
+	// A statement that changes nothing hands back the same map.
+	next, effs, err := d.apply(tables, "app", "CREATE INDEX i ON other (x)")
+	if err != nil || effs != nil || !sameTables(next, tables) {
+		t.Errorf("no-op statement: %v %v %v", next, effs, err)
+	}
+	// One that changes something leaves the caller's map alone.
+	next = mustApply(t, d, tables, "app", "ALTER TABLE orders ADD COLUMN z INT")
+	if shape(next["app.orders"]) != "id:int* a:int z:int" || tables["app.orders"] != orders {
+		t.Errorf("apply changed the map it was given")
+	}
+}
+
+func mustApply(t *testing.T, d *ddlTracker, tables map[string]*table, db, q string) map[string]*table {
+	t.Helper()
+	next, _, err := d.apply(tables, db, q)
+	if err != nil {
+		t.Fatalf("%q: %v", q, err)
+	}
+	return next
+}
+
+func sameTables(a, b map[string]*table) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func TestTableDDL(t *testing.T) {
+	for q, want := range map[string]bool{
+		"ALTER TABLE app.t WAIT 5 ADD COLUMN c INT":                            true,
+		"alter online ignore table t add c int":                                true,
+		"/* gh-ost */ RENAME TABLE a TO b":                                     true,
+		"RENAME TABLES a TO b":                                                 true,
+		"CREATE OR REPLACE TEMPORARY TABLE t (id INT)":                         true,
+		"CREATE TABLE IF NOT EXISTS t (id INT)":                                true,
+		"DROP TEMPORARY TABLE IF EXISTS t":                                     true,
+		"DROP DATABASE app":                                                    true,
+		"TRUNCATE t":                                                           true,
+		"-- note\nTRUNCATE TABLE t":                                            true,
+		"/*!40000 ALTER TABLE t DISABLE KEYS */":                               true,
+		"CREATE TRIGGER tr BEFORE INSERT ON orders FOR EACH ROW SET NEW.a = 1": false,
+		"CREATE DEFINER=`root`@`%` PROCEDURE p() SELECT * FROM orders":         false,
+		"CREATE OR REPLACE VIEW v AS SELECT * FROM orders":                     false,
+		"ALTER DATABASE app CHARACTER SET latin1":                              false,
+		"DROP TRIGGER orders_tr":                                               false,
+		"GRANT SELECT ON app.orders TO u":                                      false,
+		"/* unterminated":                                                      false,
+		"":                                                                     false,
+		"(SELECT 1) UNION (SELECT 2)":                                          false,
+		"CREATE /*!50001 ALGORITHM=UNDEFINED */ VIEW orders_v AS SELECT 1":     false,
+		"  \t\nALTER\tTABLE t DROP COLUMN x":                                   true,
+		"CREATE EVENT e ON SCHEDULE EVERY 1 DAY DO DELETE FROM orders":         false,
+		"ALTER EVENT e DISABLE":                                                false,
+		"CREATE INDEX i ON orders (a)":                                         false,
+		"DROP INDEX i ON orders":                                               false,
+		"CREATE TEMPORARY TABLE tmp LIKE orders":                               true,
+		"ALTER TABLE orders ENGINE=InnoDB":                                     true,
+		"OPTIMIZE TABLE orders":                                                false,
+		"RENAME USER a TO b":                                                   false,
+		"DROP USER orders":                                                     false,
+		"CREATE USER orders":                                                   false,
+		"CREATE OR REPLACE TABLE orders (id INT)":                              true,
+		"CREATE OR REPLACE TRIGGER tr BEFORE INSERT ON orders FOR EACH ROW SET @x = 1": false,
+	} {
+		if got := tableDDL(q); got != want {
+			t.Errorf("tableDDL(%q) = %v, want %v", q, got, want)
+		}
 	}
 }
 
@@ -199,8 +324,49 @@ func TestHistoryPrune(t *testing.T) {
 	if alive := strings.Join(h.alive("binlog.000002", 300), ","); alive != "a,d" {
 		t.Errorf("alive at 300: %s, want a,d", alive)
 	}
+	if alive := strings.Join(h.alive("binlog.000002", 400), ","); alive != "a,c,d" {
+		t.Errorf("alive at 400: %s, want a,c,d", alive)
+	}
+	if !h.dirty {
+		t.Error("prune removed entries but the history is not marked changed")
+	}
+	h.dirty = false
+	h.prune(position{File: "binlog.000002", Pos: 300})
+	if h.dirty {
+		t.Error("a prune that removed nothing marked the history changed")
+	}
+	h.record(historyEntry{File: "binlog.000002", Pos: 400, Table: "a"})
+	if h.dirty {
+		t.Error("recording an entry that is already there marked the history changed")
+	}
 	h.record(historyEntry{File: "binlog.000002", Pos: 400, Table: "a", Charset: "latin1"})
-	if len(h.Entries) != 5 || h.Entries[1].Charset != "latin1" {
+	if len(h.Entries) != 5 || h.Entries[1].Charset != "latin1" || !h.dirty {
 		t.Errorf("record at an existing position did not replace: %+v", h.Entries)
+	}
+	if e, ok := h.exact("c", "binlog.000002", 150); !ok || !e.Dropped {
+		t.Errorf("exact c@150: %+v %v", e, ok)
+	}
+	if _, ok := h.exact("c", "binlog.000002", 151); ok {
+		t.Error("exact found an entry at a position that has none")
+	}
+}
+
+func TestHistoryInEffect(t *testing.T) {
+	h := &history{Entries: []historyEntry{
+		{File: "b.000002", Pos: 50, Table: "x"},
+		{File: "b.000001", Pos: 100, Table: "x"},
+		{File: "b.000001", Pos: 100, Table: "y"},
+		{File: "b.000001", Pos: 100, Table: "y", Charset: "second"}, // same position: the later wins
+		{File: "b.000003", Pos: 4, Table: "z"},
+	}}
+	got := h.inEffect("b.000002", 49)
+	if len(got) != 2 || got["x"] != 1 || got["y"] != 3 {
+		t.Errorf("inEffect at b.000002:49 = %v, want x:1 y:3", got)
+	}
+	if got := h.inEffect("b.000002", 50); got["x"] != 0 {
+		t.Errorf("inEffect at b.000002:50 = %v, want x:0", got)
+	}
+	if got := h.inEffect("b.000001", 99); len(got) != 0 {
+		t.Errorf("inEffect before every entry = %v", got)
 	}
 }

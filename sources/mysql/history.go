@@ -4,10 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
-	"strings"
+	"slices"
 
 	"github.com/go-mysql-org/go-mysql/client"
+
+	"github.com/tideline-cdc/tideline/pkg/codec"
 )
 
 // The schema history records the shape of each captured table as of the
@@ -22,6 +23,8 @@ import (
 // history is exact however many DDLs happened while Tideline was down.
 type history struct {
 	Entries []historyEntry `json:"entries"`
+	// dirty says Entries changed since they were loaded or last saved.
+	dirty bool
 }
 
 type historyEntry struct {
@@ -58,44 +61,62 @@ func (s *Source) loadHistory(ctx context.Context) (*history, error) {
 	return h, nil
 }
 
+// saveHistory stores h when it changed since it was loaded or last saved.
 func (s *Source) saveHistory(ctx context.Context, h *history) error {
+	if !h.dirty {
+		return nil
+	}
 	raw, _ := json.Marshal(h)
 	if err := s.store.Save(ctx, s.historyKey(), raw); err != nil {
 		return fmt.Errorf("save schema history: %w", err)
 	}
+	h.dirty = false
 	return nil
 }
 
 // before reports whether binlog position (f1, p1) comes before (f2, p2):
 // files compare by their numeric suffix (binlog.000012).
 func before(f1 string, p1 uint32, f2 string, p2 uint32) bool {
-	n1, n2 := fileSeq(f1), fileSeq(f2)
+	n1, n2 := codec.BinlogSeq(f1), codec.BinlogSeq(f2)
 	if n1 != n2 {
 		return n1 < n2
 	}
 	return p1 < p2
 }
 
-func fileSeq(f string) int64 {
-	i := strings.LastIndexByte(f, '.')
-	n, _ := strconv.ParseInt(f[i+1:], 10, 64)
-	return n
-}
-
-// at returns the entry of table in effect at (file, pos): the last one at
-// or before it.
-func (h *history) at(table, file string, pos uint32) (historyEntry, bool) {
-	var best historyEntry
-	found := false
-	for _, e := range h.Entries {
-		if e.Table != table || before(file, pos, e.File, e.Pos) {
+// inEffect returns, per table, the index in Entries of its entry in
+// effect at (file, pos): the last one at or before it (of two at one
+// position, the later in Entries). A table with no entry there is absent.
+func (h *history) inEffect(file string, pos uint32) map[string]int {
+	out := map[string]int{}
+	for i, e := range h.Entries {
+		if before(file, pos, e.File, e.Pos) {
 			continue
 		}
-		if !found || !before(e.File, e.Pos, best.File, best.Pos) {
-			best, found = e, true
+		if j, ok := out[e.Table]; !ok || !before(e.File, e.Pos, h.Entries[j].File, h.Entries[j].Pos) {
+			out[e.Table] = i
 		}
 	}
-	return best, found
+	return out
+}
+
+// at returns the entry of table in effect at (file, pos).
+func (h *history) at(table, file string, pos uint32) (historyEntry, bool) {
+	if i, ok := h.inEffect(file, pos)[table]; ok {
+		return h.Entries[i], true
+	}
+	return historyEntry{}, false
+}
+
+// exact returns the entry of table recorded at exactly (file, pos): what
+// a statement there did to it, when it was read before (a replay).
+func (h *history) exact(table, file string, pos uint32) (historyEntry, bool) {
+	for _, e := range h.Entries {
+		if e.Table == table && e.File == file && e.Pos == pos {
+			return e, true
+		}
+	}
+	return historyEntry{}, false
 }
 
 // record adds e, replacing an entry of the same table at the same
@@ -103,11 +124,19 @@ func (h *history) at(table, file string, pos uint32) (historyEntry, bool) {
 func (h *history) record(e historyEntry) {
 	for i := range h.Entries {
 		if o := &h.Entries[i]; o.Table == e.Table && o.File == e.File && o.Pos == e.Pos {
-			*o = e
+			if !o.equal(e) {
+				*o, h.dirty = e, true
+			}
 			return
 		}
 	}
 	h.Entries = append(h.Entries, e)
+	h.dirty = true
+}
+
+func (e historyEntry) equal(o historyEntry) bool {
+	return e.File == o.File && e.Pos == o.Pos && e.Table == o.Table && e.Charset == o.Charset &&
+		e.Dropped == o.Dropped && slices.Equal(e.Columns, o.Columns)
 }
 
 // prune forgets what no restart can need: Tideline resumes at the stored
@@ -115,42 +144,36 @@ func (h *history) record(e historyEntry) {
 // each table's last is kept, and not even that one when it says the
 // table was dropped and nothing follows.
 func (h *history) prune(floor position) {
-	last := map[string]int{} // table -> index of its last entry at or before floor
+	last := h.inEffect(floor.File, floor.Pos)
 	later := map[string]bool{}
-	for i, e := range h.Entries {
+	for _, e := range h.Entries {
 		if before(floor.File, floor.Pos, e.File, e.Pos) {
 			later[e.Table] = true
-			continue
-		}
-		if j, ok := last[e.Table]; !ok || !before(e.File, e.Pos, h.Entries[j].File, h.Entries[j].Pos) {
-			last[e.Table] = i
 		}
 	}
 	kept := h.Entries[:0]
 	for i, e := range h.Entries {
-		keep := before(floor.File, floor.Pos, e.File, e.Pos) || (last[e.Table] == i && (!e.Dropped || later[e.Table]))
-		if keep {
+		if before(floor.File, floor.Pos, e.File, e.Pos) || (last[e.Table] == i && (!e.Dropped || later[e.Table])) {
 			kept = append(kept, e)
 		}
+	}
+	if len(kept) < len(h.Entries) {
+		h.dirty = true
 	}
 	clear(h.Entries[len(kept):])
 	h.Entries = kept
 }
 
-// alive returns the tables whose entry in effect at (file, pos) does not
-// say they were dropped.
+// alive returns the tables, sorted, whose entry in effect at (file, pos)
+// does not say they were dropped.
 func (h *history) alive(file string, pos uint32) []string {
-	seen := map[string]bool{}
 	var out []string
-	for _, e := range h.Entries {
-		if seen[e.Table] {
-			continue
-		}
-		seen[e.Table] = true
-		if a, ok := h.at(e.Table, file, pos); ok && !a.Dropped {
-			out = append(out, e.Table)
+	for table, i := range h.inEffect(file, pos) {
+		if !h.Entries[i].Dropped {
+			out = append(out, table)
 		}
 	}
+	slices.Sort(out)
 	return out
 }
 
@@ -176,9 +199,10 @@ func tableOf(e historyEntry, prefix string) *table {
 // created after start has its CREATE TABLE replayed, which redefines it.)
 func (s *Source) shapesAt(conn *client.Conn, h *history, tables []string, start position) (map[string]*table, error) {
 	out := map[string]*table{}
+	eff := h.inEffect(start.File, start.Pos)
 	for _, name := range tables {
-		if e, ok := h.at(name, start.File, start.Pos); ok && !e.Dropped {
-			out[name] = tableOf(e, s.cfg.TopicPrefix)
+		if i, ok := eff[name]; ok && !h.Entries[i].Dropped {
+			out[name] = tableOf(h.Entries[i], s.cfg.TopicPrefix)
 			continue
 		}
 		tab, err := loadTable(conn, name, s.cfg.TopicPrefix)

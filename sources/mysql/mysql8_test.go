@@ -35,10 +35,7 @@ func TestMySQL8GTIDTransaction(t *testing.T) {
 	sid := uuid.MustParse("3e11fa47-71ca-11e1-9e33-c80aa9429562")
 	s := New(Config{Name: "p", TopicPrefix: "p", Tombstones: true, BatchRecords: 100, BatchBytes: 1 << 20, Version: "t"}, nil, zap.NewNop(), Gauges{})
 	d := newTracker("app.*")
-	tables := map[string]*table{}
-	if _, err := d.apply(tables, "app", "CREATE TABLE t (id BIGINT UNSIGNED PRIMARY KEY, j JSON)"); err != nil {
-		t.Fatal(err)
-	}
+	tables := mustApply(t, d, map[string]*table{}, "app", "CREATE TABLE t (id BIGINT UNSIGNED PRIMARY KEY, j JSON)")
 	h := &batches{}
 	st := &stream{s: s, h: h, tables: tables, hist: &history{}, ddl: d, enc: codec.NewEncoder("t"), batch: &change.Batch{}, file: "binlog.000003"}
 	gset, err := gmysql.ParseGTIDSet(gmysql.MySQLFlavor, sid.String()+":1-7")

@@ -99,15 +99,30 @@ func checkServer(conn *client.Conn, serverID uint32) (string, error) {
 	return flavor, nil
 }
 
+// reportHost is the host Tideline registers its binlog dump under
+// (COM_REGISTER_SLAVE, shown by SHOW REPLICAS): "tideline-" and the
+// pipeline's name, cut to 60 characters (older servers keep no more).
+func reportHost(pipeline string) string {
+	h := "tideline-" + pipeline
+	if len(h) > 60 {
+		h = h[:60] // pipeline names are ASCII (config nameRe)
+	}
+	return h
+}
+
 // checkReplicaID makes sure no other replica is connected with serverID:
 // the server would drop one of the two connections each time the other
 // registers, and both would read with gaps and restarts. A replica that
 // just went away (a killed Tideline) can stay listed for a moment, so a
-// conflict must last wait before it is reported.
-func checkReplicaID(ctx context.Context, conn *client.Conn, serverID uint32, wait time.Duration) error {
+// conflict must last wait before it is reported. A replica registered
+// with serverID under self (this pipeline's reportHost) is this pipeline's
+// own earlier dump, which a network partition can leave listed for longer
+// than wait: it is not a conflict, and the server ends that stale dump
+// when the new one registers with the same server_id.
+func checkReplicaID(ctx context.Context, conn *client.Conn, serverID uint32, self string, wait time.Duration) error {
 	deadline := time.Now().Add(wait)
 	for {
-		other, err := replicaWithID(conn, serverID)
+		other, err := replicaWithID(conn, serverID, self)
 		if err != nil || other == "" {
 			// A user without the privilege to list replicas skips the
 			// check; the dump itself still works.
@@ -125,9 +140,9 @@ func checkReplicaID(ctx context.Context, conn *client.Conn, serverID uint32, wai
 	}
 }
 
-// replicaWithID returns a description of the registered replica with
-// serverID, or "".
-func replicaWithID(conn *client.Conn, serverID uint32) (string, error) {
+// replicaWithID returns a description of a registered replica with
+// serverID whose host is not self, or "".
+func replicaWithID(conn *client.Conn, serverID uint32, self string) (string, error) {
 	var r *gmysql.Result
 	var err error
 	for _, q := range []string{"SHOW REPLICAS", "SHOW SLAVE HOSTS"} {
@@ -161,6 +176,9 @@ func replicaWithID(conn *client.Conn, serverID uint32) (string, error) {
 		if hostCol >= 0 {
 			host, _ = r.GetString(i, hostCol)
 		}
+		if host == self {
+			continue
+		}
 		if portCol >= 0 {
 			port, _ = r.GetInt(i, portCol)
 		}
@@ -177,6 +195,7 @@ func resolveTables(conn *client.Conn, patterns []string, known []string) ([]stri
 	seen := map[string]bool{}
 	var out, problems []string
 	for _, p := range patterns {
+		m := newMatcher([]string{p})
 		db, t, _ := strings.Cut(p, ".")
 		r, err := conn.Execute(`SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES
 			WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA LIKE ? AND TABLE_NAME LIKE ?
@@ -195,7 +214,7 @@ func resolveTables(conn *client.Conn, patterns []string, known []string) ([]stri
 			}
 		}
 		for _, name := range known {
-			if newMatcher([]string{p}).match(name) {
+			if m.match(name) {
 				found = true
 				if !seen[name] {
 					seen[name] = true
@@ -302,14 +321,20 @@ func loadTable(conn *client.Conn, name, prefix string) (*table, error) {
 	return tab, nil
 }
 
-// dbCharset reads a database's default character set ("" if unknown).
-func dbCharset(conn *client.Conn, db string) string {
+// dbCharset reads a database's default character set.
+func dbCharset(conn *client.Conn, db string) (string, error) {
 	r, err := conn.Execute("SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?", db)
-	if err != nil || len(r.Values) == 0 {
-		return ""
+	if err != nil {
+		return "", fmt.Errorf("read the default character set of database %s: %w", db, err)
 	}
-	cs, _ := r.GetString(0, 0)
-	return cs
+	if len(r.Values) == 0 {
+		return "", fmt.Errorf("database %s does not exist", db)
+	}
+	cs, err := r.GetString(0, 0)
+	if err != nil || cs == "" {
+		return "", fmt.Errorf("database %s has no default character set in information_schema.SCHEMATA", db)
+	}
+	return cs, nil
 }
 
 // masterStatus reads the current binlog position.
@@ -418,7 +443,8 @@ func (s *Source) snapshot(ctx context.Context, ep endpoint, h capture.Handler, n
 				}
 				ev := change.Event{Op: change.OpRead, Table: tab.t, After: after, Source: change.Source{Connector: "mysql", Name: s.cfg.Name, TsMs: now, Snapshot: snap,
 					File: pos.File, Pos: uint64(pos.Pos)}}
-				b.Add(change.Record{Topic: tab.t.Topic, Key: enc.Key(&ev), Value: enc.Value(&ev, now), Order: codec.Order(&ev), Table: tab.t, Op: change.OpRead})
+				value, order := enc.ValueOrder(&ev, now)
+				b.Add(change.Record{Topic: tab.t.Topic, Key: enc.Key(&ev), Value: value, Order: order, Table: tab.t, Op: change.OpRead})
 				total++
 				if len(b.Records) >= s.cfg.BatchRecords || b.Bytes >= s.cfg.BatchBytes {
 					// Hold the newest row back: the snapshot's very last

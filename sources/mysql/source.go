@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -56,8 +57,9 @@ type Config struct {
 
 // Gauges the source keeps up to date; any may be nil.
 type Gauges struct {
-	// LagBytes is the binlog bytes between the server's current position
-	// and the stored checkpoint.
+	// LagBytes is the binlog bytes between the committed position (the
+	// newest one delivered to Kafka, see lagger) and the server's current
+	// position.
 	LagBytes  prometheus.Gauge
 	Connected prometheus.Gauge
 }
@@ -72,6 +74,11 @@ type Source struct {
 	// committed is the newest delivered position (JSON), set by Commit
 	// from producer goroutines and stored by the saver.
 	committed atomic.Pointer[change.Position]
+	// stored is the position a restart resumes at or after: the one last
+	// stored in the offsets topic (by Run at start, then by the saver).
+	// The stream prunes the schema history against it, never against
+	// committed, which a crash can lose.
+	stored    atomic.Pointer[position]
 	streaming atomic.Bool
 	connected atomic.Bool
 }
@@ -183,7 +190,8 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 	if err != nil {
 		return err
 	}
-	if err := checkReplicaID(ctx, conn, s.cfg.ServerID, min(10*time.Second, max(2*time.Second, 10*s.cfg.StatusInterval))); err != nil {
+	self := reportHost(s.cfg.Name)
+	if err := checkReplicaID(ctx, conn, s.cfg.ServerID, self, min(10*time.Second, max(2*time.Second, 10*s.cfg.StatusInterval))); err != nil {
 		return err
 	}
 	match := newMatcher(s.cfg.Tables)
@@ -239,16 +247,20 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 			return err
 		}
 	}
+	// start is stored, or (no snapshot, first start) a restart would read
+	// a newer position from the server.
+	s.stored.Store(&start)
 	schemas, err := s.shapesAt(conn, hist, tables, start)
 	if err != nil {
 		return err
 	}
 	hist.prune(start)
+	// (Saved only when changed: after a snapshot it was just saved.)
 	if err := s.saveHistory(ctx, hist); err != nil {
 		return err
 	}
 	tracker := &ddlTracker{p: parser.New(), prefix: s.cfg.TopicPrefix, match: match.match,
-		dbCharset: func(db string) string { return dbCharset(conn, db) }}
+		dbCharset: func(db string) (string, error) { return dbCharset(conn, db) }}
 
 	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		ServerID:                s.cfg.ServerID,
@@ -269,6 +281,10 @@ func (s *Source) Run(ctx context.Context, h capture.Handler) error {
 		// go-mysql logs every connect and rotation at info; keep its
 		// warnings and errors, on stderr like the rest of the logs.
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		// Registered under a host this pipeline recognises: a stale
+		// registration of its own is no server_id conflict
+		// (checkReplicaID). Without it go-mysql sends os.Hostname().
+		Localhost: self,
 	})
 	defer syncer.Close()
 	// With GTIDs the position survives a failover to another server of
@@ -342,9 +358,14 @@ func (s *Source) saver(ctx context.Context, saved change.Position) error {
 }
 
 // lagger sets the lag gauge every status interval: the binlog bytes from
-// the committed position to the server's end, over every binlog file in
-// between (SHOW BINARY LOGS). It has its own connection; a failure only
-// leaves the gauge as it was.
+// the committed position (the end of the newest transaction Kafka
+// acknowledged with everything before it, as set by Commit; the stored
+// position trails it by up to a status interval) to the server's end,
+// over every binlog file in between (SHOW BINARY LOGS). Until a position
+// is committed the gauge is left as it was. It has its own connection,
+// opened again at the next tick after a connection error; a server error
+// (no privilege for SHOW BINARY LOGS, say) would come back every time, so
+// it is logged once and the lagger stops, leaving the gauge as it was.
 func (s *Source) lagger(ctx context.Context, ep endpoint) {
 	t := time.NewTicker(s.cfg.StatusInterval)
 	defer t.Stop()
@@ -377,20 +398,23 @@ func (s *Source) lagger(ctx context.Context, ep endpoint) {
 		}
 		r, err := conn.Execute("SHOW BINARY LOGS")
 		if err != nil {
+			var me *gmysql.MyError
+			if errors.As(err, &me) {
+				s.log.Warn("the binlog lag gauge (tideline_source_lag_bytes) is not updated: SHOW BINARY LOGS failed (it needs REPLICATION CLIENT, or BINLOG MONITOR on MariaDB)", zap.Error(err))
+				return
+			}
 			conn.Close()
 			conn = nil
 			continue
 		}
 		var lag int64
-		seen := false
 		for i := range r.Values {
 			name, _ := r.GetString(i, 0)
 			size, _ := r.GetInt(i, 1)
 			switch {
 			case name == pos.File:
-				seen = true
 				lag += max(size-int64(pos.Pos), 0)
-			case seen || before(pos.File, pos.Pos, name, 0):
+			case before(pos.File, pos.Pos, name, 0):
 				lag += size
 			}
 		}
@@ -407,6 +431,10 @@ func (s *Source) saveCommitted(ctx context.Context, saved *change.Position) erro
 		return fmt.Errorf("store binlog position: %w", err)
 	}
 	*saved = *p
+	var pos position
+	if err := json.Unmarshal([]byte(*p), &pos); err == nil {
+		s.stored.Store(&pos)
+	}
 	return nil
 }
 
@@ -499,7 +527,17 @@ func (st *stream) event(ctx context.Context, ev *replication.BinlogEvent) error 
 	st.serverID = ev.Header.ServerID
 	switch e := ev.Event.(type) {
 	case *replication.RotateEvent:
-		st.file = string(e.NextLogName)
+		// Also the fake rotation that starts every dump: it names the
+		// file the server reads from.
+		next := string(e.NextLogName)
+		if codec.BinlogSeq(next) < codec.BinlogSeq(st.file) {
+			return capture.Fatal(fmt.Errorf("the binlog went back from %s to %s (a failover to another server, or RESET MASTER): "+
+				"Tideline orders changes by binlog file number and position, and so do the sinks, which keep a row only when its position is after the one they hold: "+
+				"every change from here on would be dropped by the sinks without a word. To recover, take a new snapshot (delete the key %q from the offsets topic: produce a null value for it) "+
+				"and reset the sinks' targets (empty or recreate the tables they write), then start Tideline again",
+				st.file, next, st.s.positionKey()))
+		}
+		st.file = next
 	case *replication.MariadbGTIDEvent: // MariaDB starts a transaction here
 		st.begin(ev.Header, e.GTID.String())
 	case *replication.GTIDEvent: // MySQL: the GTID, then BEGIN
@@ -650,7 +688,8 @@ func (st *stream) rows(ctx context.Context, hdr *replication.EventHeader, e *rep
 			Row: int32(i / step), Thread: st.thread,
 		}, TxOrder: st.txOrder, TxTableOrder: tab.counter, TxName: st.txName}
 		key := st.enc.Key(&st.ev)
-		st.batch.Add(change.Record{Topic: tab.t.Topic, Key: key, Value: st.enc.Value(&st.ev, time.Now().UnixMilli()), Order: codec.Order(&st.ev), Table: tab.t, Op: op})
+		value, order := st.enc.ValueOrder(&st.ev, time.Now().UnixMilli())
+		st.batch.Add(change.Record{Topic: tab.t.Topic, Key: key, Value: value, Order: order, Table: tab.t, Op: op})
 		if op == change.OpDelete && st.s.cfg.Tombstones && key != nil {
 			st.batch.Add(change.Record{Topic: tab.t.Topic, Key: key, Table: tab.t, Op: op})
 		}
@@ -685,9 +724,9 @@ func (st *stream) values(dst []change.Value, tab *table, row []any) ([]change.Va
 	return dst, nil
 }
 
-// named returns the captured tables a statement (run with default
-// database schema) may name. It errs on the side of too many: a reload of
-// a table that did not change is harmless.
+// named returns the captured tables an unparsed statement (run with
+// default database schema) may name. It errs on the side of too many: a
+// reload of a table that did not change is harmless.
 func (st *stream) named(schema, q string) []string {
 	lq := strings.ToLower(q)
 	var out []string
@@ -697,7 +736,86 @@ func (st *stream) named(schema, q string) []string {
 			out = append(out, name)
 		}
 	}
+	slices.Sort(out)
 	return out
+}
+
+// tableDDL reports whether q's leading keywords make it a statement that
+// can change a table's columns or existence: ALTER [ONLINE|OFFLINE]
+// [IGNORE] TABLE, CREATE [OR REPLACE] [TEMPORARY] TABLE, RENAME TABLE,
+// DROP [TEMPORARY] TABLE, DROP DATABASE/SCHEMA, TRUNCATE. Others that name
+// a table (CREATE TRIGGER … ON t, CREATE PROCEDURE … FROM t) do not.
+func tableDDL(q string) bool {
+	w := leadingWords(q, 5)
+	at := func(i int, words ...string) bool { return i < len(w) && slices.Contains(words, w[i]) }
+	skip := func(i int, words ...string) int {
+		for at(i, words...) {
+			i++
+		}
+		return i
+	}
+	switch {
+	case at(0, "ALTER"):
+		return at(skip(1, "ONLINE", "OFFLINE", "IGNORE"), "TABLE")
+	case at(0, "CREATE"):
+		i := 1
+		if at(1, "OR") && at(2, "REPLACE") {
+			i = 3
+		}
+		return at(skip(i, "TEMPORARY"), "TABLE")
+	case at(0, "RENAME"):
+		return at(1, "TABLE", "TABLES")
+	case at(0, "DROP"):
+		return at(skip(1, "TEMPORARY"), "TABLE", "TABLES", "DATABASE", "SCHEMA")
+	case at(0, "TRUNCATE"):
+		return true
+	}
+	return false
+}
+
+// leadingWords returns up to n leading words of q, upper-cased, skipping
+// comments (the contents of a /*!version … */ comment, which the server
+// runs, count as words).
+func leadingWords(q string, n int) []string {
+	var out []string
+	for len(out) < n && q != "" {
+		switch {
+		case strings.HasPrefix(q, "/*!"):
+			q = strings.TrimLeft(q[3:], "0123456789")
+		case strings.HasPrefix(q, "/*M!"):
+			q = strings.TrimLeft(q[4:], "0123456789")
+		case strings.HasPrefix(q, "/*"):
+			end := strings.Index(q[2:], "*/")
+			if end < 0 {
+				return out
+			}
+			q = q[2+end+2:]
+		case strings.HasPrefix(q, "*/"):
+			q = q[2:]
+		case strings.HasPrefix(q, "#") || strings.HasPrefix(q, "-- "):
+			end := strings.IndexByte(q, '\n')
+			if end < 0 {
+				return out
+			}
+			q = q[end+1:]
+		case isWordByte(q[0]):
+			i := 1
+			for i < len(q) && isWordByte(q[i]) {
+				i++
+			}
+			out = append(out, strings.ToUpper(q[:i]))
+			q = q[i:]
+		case q[0] == ' ' || q[0] == '\t' || q[0] == '\n' || q[0] == '\r':
+			q = q[1:]
+		default:
+			return out // punctuation: no more keywords
+		}
+	}
+	return out
+}
+
+func isWordByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_'
 }
 
 // query applies a statement other than BEGIN/COMMIT: DDL changes the
@@ -705,35 +823,12 @@ func (st *stream) named(schema, q string) []string {
 // row after it is handed over), TRUNCATE becomes an op "t" event.
 func (st *stream) query(ctx context.Context, hdr *replication.EventHeader, e *replication.QueryEvent, q string) error {
 	logPos := hdr.LogPos
-	effs, err := st.ddl.apply(st.tables, string(e.Schema), q)
-	if err != nil {
-		// A statement the tracker cannot follow: read the shapes it may
-		// have changed from the server. That is exact only while no later
-		// DDL changed them, so say so.
-		names := st.named(string(e.Schema), q)
-		var unparsed errUnparsed
-		if errors.As(err, &unparsed) && len(names) == 0 {
-			return nil // not about a captured table (GRANT, CREATE USER, …)
-		}
-		st.s.log.Warn("DDL not tracked by parsing; reading the table shapes from the server instead (exact unless a later DDL changed them)",
-			zap.Error(err), zap.Strings("tables", names))
-		effs = effs[:0]
-		for _, name := range names {
-			fresh, lerr := loadTable(st.conn, name, st.s.cfg.TopicPrefix)
-			var missing errMissing
-			switch {
-			case errors.As(lerr, &missing):
-				delete(st.tables, name)
-				effs = append(effs, effect{kind: effDropped, name: name})
-			case lerr != nil:
-				return lerr
-			default:
-				st.tables[name] = fresh
-				effs = append(effs, effect{kind: effAltered, name: name})
-			}
-		}
+	next, effs, err := st.ddl.apply(st.tables, string(e.Schema), q)
+	if err == nil {
+		st.tables = next
+	} else if effs, err = st.untracked(string(e.Schema), q, logPos, err); err != nil {
+		return err
 	}
-	changed := false
 	for _, ef := range effs {
 		switch ef.kind {
 		case effTruncated:
@@ -743,25 +838,92 @@ func (st *stream) query(ctx context.Context, hdr *replication.EventHeader, e *re
 				Connector: "mysql", Name: st.s.cfg.Name, TsMs: st.ts, ServerID: st.serverID, GTID: st.txGTID,
 				File: st.file, Pos: uint64(hdr.LogPos - hdr.EventSize), Thread: int64(e.SlaveProxyID),
 			}, TxOrder: st.txOrder, TxTableOrder: 1, TxName: st.txName}
-			st.batch.Add(change.Record{Topic: tab.t.Topic, Value: st.enc.Value(&st.ev, time.Now().UnixMilli()), Order: codec.Order(&st.ev), Table: tab.t, Op: change.OpTruncate})
+			value, order := st.enc.ValueOrder(&st.ev, time.Now().UnixMilli())
+			st.batch.Add(change.Record{Topic: tab.t.Topic, Value: value, Order: order, Table: tab.t, Op: change.OpTruncate})
 		case effAltered, effCreated:
 			tab := st.tables[ef.name]
 			st.s.log.Info("table shape changed", zap.String("table", ef.name), zap.Int("columns", len(tab.cols)),
 				zap.Bool("created", ef.kind == effCreated), zap.String("file", st.file), zap.Uint32("pos", logPos))
 			st.hist.record(entryOf(tab, st.file, logPos))
-			changed = true
-		case effDropped, effRenamedAway:
+		case effGone:
 			if ef.to != "" {
 				st.s.log.Info("captured table renamed", zap.String("table", ef.name), zap.String("to", ef.to))
 			} else {
-				st.s.log.Info("table left the capture (dropped or renamed)", zap.String("table", ef.name))
+				st.s.log.Info("captured table dropped", zap.String("table", ef.name))
 			}
 			st.hist.record(historyEntry{File: st.file, Pos: logPos, Table: ef.name, Dropped: true})
-			changed = true
 		}
 	}
-	if changed {
-		return st.s.saveHistory(ctx, st.hist)
+	if !st.hist.dirty {
+		return nil
 	}
-	return nil
+	// Every save rewrites the whole history: keep it to what a restart
+	// from the stored position (or later) can need.
+	if p := st.s.stored.Load(); p != nil {
+		st.hist.prune(*p)
+	}
+	return st.s.saveHistory(ctx, st.hist)
+}
+
+// untracked handles a statement at logPos that the tracker could not
+// follow (cause): the shapes of the captured tables it may have changed
+// are read again, from the schema history when it has them at exactly
+// this position (a replay: what was read from the server the first time,
+// when it was current), else from the server. That is exact only while no
+// later DDL changed them, so it says so. It changes st.tables in place
+// (the tracker left them as they were before the statement) and returns
+// what it did.
+func (st *stream) untracked(schema, q string, logPos uint32, cause error) ([]effect, error) {
+	var names []string
+	var parsed errUntracked
+	if errors.As(cause, &parsed) {
+		names = parsed.tables // exact: from the parsed statement
+	} else {
+		if !tableDDL(q) {
+			return nil, nil // changes no table's columns (GRANT, CREATE TRIGGER …)
+		}
+		if names = st.named(schema, q); len(names) == 0 {
+			return nil, nil // not about a captured table
+		}
+	}
+	var effs []effect
+	var fromServer, fromHistory []string
+	for _, name := range names {
+		_, tracked := st.tables[name]
+		kind := effAltered
+		if !tracked {
+			kind = effCreated
+		}
+		if h, ok := st.hist.exact(name, st.file, logPos); ok {
+			fromHistory = append(fromHistory, name)
+			switch {
+			case h.Dropped && tracked:
+				delete(st.tables, name)
+				effs = append(effs, effect{kind: effGone, name: name})
+			case !h.Dropped:
+				st.tables[name] = tableOf(h, st.s.cfg.TopicPrefix)
+				effs = append(effs, effect{kind: kind, name: name})
+			}
+			continue
+		}
+		fromServer = append(fromServer, name)
+		fresh, err := loadTable(st.conn, name, st.s.cfg.TopicPrefix)
+		var missing errMissing
+		switch {
+		case errors.As(err, &missing) && tracked:
+			delete(st.tables, name)
+			effs = append(effs, effect{kind: effGone, name: name})
+		case errors.As(err, &missing):
+			st.s.log.Warn("a table the statement brings into the capture no longer exists on the server: its rows are not captured until it is created again",
+				zap.String("table", name))
+		case err != nil:
+			return nil, err
+		default:
+			st.tables[name] = fresh
+			effs = append(effs, effect{kind: kind, name: name})
+		}
+	}
+	st.s.log.Warn("DDL not tracked by parsing; the table shapes were read from the server instead (exact unless a later DDL changed them), or on a replay from the schema history, which holds what was read the first time",
+		zap.Error(cause), zap.Strings("from_server", fromServer), zap.Strings("from_history", fromHistory))
+	return effs, nil
 }

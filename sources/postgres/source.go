@@ -845,7 +845,8 @@ func (st *stream) stamp(rel *relation, lsn pglogrepl.LSN) {
 func (st *stream) emit(_ context.Context) {
 	ev := &st.ev
 	key := st.enc.Key(ev)
-	st.batch.Add(change.Record{Topic: ev.Table.Topic, Key: key, Value: st.enc.Value(ev, time.Now().UnixMilli()), Order: codec.Order(ev), Table: ev.Table, Op: ev.Op})
+	value, order := st.enc.ValueOrder(ev, time.Now().UnixMilli())
+	st.batch.Add(change.Record{Topic: ev.Table.Topic, Key: key, Value: value, Order: order, Table: ev.Table, Op: ev.Op})
 	if ev.Op == change.OpDelete && st.s.cfg.Tombstones && key != nil {
 		st.batch.Add(change.Record{Topic: ev.Table.Topic, Key: key, Table: ev.Table, Op: ev.Op})
 	}

@@ -1,0 +1,89 @@
+package sqlsink
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/tideline-cdc/tideline/pkg/change"
+)
+
+// TestJSONString checks that jsonString's shortcut for strings without
+// escapes gives what json.Unmarshal gives, errors included.
+func TestJSONString(t *testing.T) {
+	for _, raw := range []string{
+		`""`, `"abc"`, `"héllo 😀"`, `"a\"b"`, `"a\\b"`, `"\u00e9\n"`, `"{\"a\": [1]}"`,
+		"\"\xff\xfe\"",  // invalid UTF-8: json.Unmarshal replaces it
+		"\"a\tb\"",      // a raw control character: json.Unmarshal refuses it
+		`"a"b"`, `"abc`, // not one JSON string
+	} {
+		var want string
+		werr := json.Unmarshal([]byte(raw), &want)
+		got, err := jsonString([]byte(raw))
+		if got != want || (err == nil) != (werr == nil) {
+			t.Errorf("jsonString(%q) = %q, %v; json.Unmarshal gives %q, %v", raw, got, err, want, werr)
+		}
+	}
+}
+
+func TestTextValue(t *testing.T) {
+	for _, c := range []struct {
+		raw  string
+		l    change.Logical
+		want string
+		null bool
+		err  bool
+	}{
+		{raw: "", l: change.String, null: true},
+		{raw: "null", l: change.Int32, null: true},
+		{raw: `"plain"`, l: change.String, want: "plain"},
+		{raw: `"tab\tand \"quotes\""`, l: change.String, want: "tab\tand \"quotes\""},
+		{raw: `"{\"a\": 1}"`, l: change.JSON, want: `{"a": 1}`},
+		{raw: `"[]"`, l: change.JSON, want: `[]`},
+		{raw: `[1,2]`, l: change.Array, want: `[1,2]`},
+		{raw: `"2026-11-22T11:14:15.5Z"`, l: change.TimestampTZ, want: "2026-11-22 11:14:15.5+00"},
+		{raw: `-42`, l: change.Int16, want: "-42"},
+		{raw: `"1"`, l: change.Int32, err: true},
+		{raw: `{"a":1}`, l: change.String, err: true},
+		{raw: `[1]`, l: change.Decimal, err: true},
+		{raw: `{}`, l: change.JSON, err: true},
+	} {
+		s, null, err := textValue(json.RawMessage(c.raw), c.l, textStyle{zone: true})
+		if s != c.want || null != c.null || (err != nil) != c.err {
+			t.Errorf("textValue(%s, %s) = %q, %v, %v; want %q, %v, error %v", c.raw, c.l, s, null, err, c.want, c.null, c.err)
+		}
+	}
+}
+
+func TestMyValue(t *testing.T) {
+	for _, c := range []struct {
+		raw  string
+		l    change.Logical
+		want any
+		err  bool
+	}{
+		{raw: "123", l: change.Int32, want: int64(123)},
+		{raw: "-9223372036854775808", l: change.Int64, want: int64(-9223372036854775808)},
+		{raw: "18446744073709551615", l: change.Uint64, want: uint64(18446744073709551615)},
+		{raw: "18446744073709551615", l: change.Int64, err: true},
+		{raw: "1.5", l: change.Int32, err: true},
+		{raw: `"1"`, l: change.Int32, err: true},
+		{raw: "null", l: change.Int16},
+		{raw: "true", l: change.Bool, want: int64(1)},
+		{raw: `"AP8Q"`, l: change.Bytes, want: []byte{0, 0xff, 0x10}},
+		{raw: `"NaN"`, l: change.Float64, err: true},
+		{raw: `"x"`, l: change.String, want: "x"},
+	} {
+		got, err := myValue([]byte(c.raw), c.l)
+		if (err != nil) != c.err || !equalValue(got, c.want) {
+			t.Errorf("myValue(%s, %s) = %#v, %v; want %#v, error %v", c.raw, c.l, got, err, c.want, c.err)
+		}
+	}
+}
+
+func equalValue(a, b any) bool {
+	if x, ok := a.([]byte); ok {
+		y, ok := b.([]byte)
+		return ok && string(x) == string(y)
+	}
+	return a == b
+}
