@@ -25,6 +25,7 @@ type event struct {
 	key    []byte
 	order  []byte
 	tsMs   int64
+	txID   []byte
 	fields []field // after image, or before for a delete
 	rec    *kgo.Record
 }
@@ -59,7 +60,7 @@ func decode(ctx context.Context, r *kgo.Record, shape ShapeFunc, scratch []field
 	if err != nil {
 		return nil, scratch, err
 	}
-	ev := &event{shape: t, key: r.Key, order: order, tsMs: env.tsMs, rec: r}
+	ev := &event{shape: t, key: r.Key, order: order, tsMs: env.tsMs, txID: env.txID, rec: r}
 	has := false
 	switch env.op {
 	case "c", "u", "r":
@@ -81,9 +82,11 @@ func decode(ctx context.Context, r *kgo.Record, shape ShapeFunc, scratch []field
 	return ev, scratch, nil
 }
 
-// folder folds one topic's events per key, in log order.
+// folder folds one topic's events per key, in log order; for a change-log
+// sink (history) it keeps every event as its own row instead.
 type folder struct {
 	topic    string
+	history  bool
 	shapes   []*change.Table // every shape seen, oldest first
 	rows     map[string]*folded
 	order    []*folded // first-seen order
@@ -97,13 +100,15 @@ type folded struct {
 	op      change.Op
 	key     []byte
 	order   []byte
+	tsMs    int64
+	txID    []byte
 	shape   *change.Table // of the newest change, to tell when fields line up
 	fields  []field
 	records []*kgo.Record
 }
 
-func newFolder(topic string) *folder {
-	return &folder{topic: topic, rows: map[string]*folded{}}
+func newFolder(topic string, history bool) *folder {
+	return &folder{topic: topic, history: history, rows: map[string]*folded{}}
 }
 
 func (f *folder) add(ev *event) {
@@ -112,6 +117,11 @@ func (f *folder) add(ev *event) {
 	}
 	if ev.tsMs > 0 && (f.minTs == 0 || ev.tsMs < f.minTs) {
 		f.minTs = ev.tsMs
+	}
+	if f.history {
+		// Every change stands alone, the truncates too, in log order.
+		f.order = append(f.order, &folded{op: ev.op, key: ev.key, order: ev.order, tsMs: ev.tsMs, txID: ev.txID, shape: ev.shape, fields: ev.fields, records: []*kgo.Record{ev.rec}})
+		return
 	}
 	if ev.op == change.OpTruncate {
 		// The truncate removes every row older than it, so older changes
@@ -137,12 +147,12 @@ func (f *folder) add(ev *event) {
 	}
 	if len(ev.key) == 0 {
 		// No key: nothing to fold on; each change stands alone.
-		f.order = append(f.order, &folded{op: ev.op, order: ev.order, shape: ev.shape, fields: ev.fields, records: []*kgo.Record{ev.rec}})
+		f.order = append(f.order, &folded{op: ev.op, order: ev.order, tsMs: ev.tsMs, txID: ev.txID, shape: ev.shape, fields: ev.fields, records: []*kgo.Record{ev.rec}})
 		return
 	}
 	old, ok := f.rows[string(ev.key)] // no allocation for the lookup
 	if !ok {
-		r := &folded{op: ev.op, key: ev.key, order: ev.order, shape: ev.shape, fields: ev.fields, records: []*kgo.Record{ev.rec}}
+		r := &folded{op: ev.op, key: ev.key, order: ev.order, tsMs: ev.tsMs, txID: ev.txID, shape: ev.shape, fields: ev.fields, records: []*kgo.Record{ev.rec}}
 		f.rows[string(ev.key)] = r
 		f.order = append(f.order, r)
 		return
@@ -171,7 +181,7 @@ func (f *folder) add(ev *event) {
 			}
 		}
 	}
-	old.op, old.order, old.shape, old.fields = ev.op, ev.order, ev.shape, fields
+	old.op, old.order, old.tsMs, old.txID, old.shape, old.fields = ev.op, ev.order, ev.tsMs, ev.txID, ev.shape, fields
 	old.records = append(old.records, ev.rec)
 }
 
@@ -220,10 +230,10 @@ func (f *folder) batch() *TableBatch {
 	tb := &TableBatch{Table: &t, Topic: f.topic, Truncate: f.truncate, Rows: make([]Row, 0, len(f.order))}
 	values := make([]json.RawMessage, len(cols)*len(f.order))
 	for n, r := range f.order {
-		row := Row{Op: r.op, Key: r.key, Order: r.order, Values: values[n*len(cols) : (n+1)*len(cols) : (n+1)*len(cols)], Records: r.records}
+		row := Row{Op: r.op, Key: r.key, Order: r.order, TsMs: r.tsMs, TxID: r.txID, Values: values[n*len(cols) : (n+1)*len(cols) : (n+1)*len(cols)], Records: r.records}
 		for _, fl := range r.fields {
 			i, ok := index[string(fl.name)]
-			if !ok || (r.op == change.OpDelete && !cols[i].Key) {
+			if !ok || (r.op == change.OpDelete && !cols[i].Key && !f.history) {
 				continue // a delete only needs to find the row
 			}
 			row.Values[i] = fl.raw

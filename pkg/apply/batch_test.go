@@ -56,7 +56,7 @@ func render(tb *TableBatch) string {
 
 func TestFoldKeepsNewestPerKey(t *testing.T) {
 	s := shape("id", "a", "big")
-	f := newFolder(s.Topic)
+	f := newFolder(s.Topic, false)
 	f.add(ev(change.OpCreate, s, "01", 0, map[string]string{"id": "1", "a": `"x"`, "big": `"B"`}))
 	f.add(ev(change.OpUpdate, s, "02", 0, map[string]string{"id": "1", "a": `"y"`, "big": `"` + change.UnavailableMarker + `"`}))
 	f.add(ev(change.OpCreate, s, "03", 0, map[string]string{"id": "2", "a": `"z"`, "big": "null"}))
@@ -71,7 +71,7 @@ d 04 id=2 a=- big=- (2 records)`
 
 func TestFoldTruncateByOrderAcrossPartitions(t *testing.T) {
 	s := shape("id", "a")
-	f := newFolder(s.Topic)
+	f := newFolder(s.Topic, false)
 	f.add(ev(change.OpCreate, s, "01", 1, map[string]string{"id": "1", "a": `"old"`}))
 	f.add(ev(change.OpCreate, s, "05", 2, map[string]string{"id": "2", "a": `"new"`}))
 	f.add(ev(change.OpTruncate, s, "03", 0, nil))
@@ -89,10 +89,30 @@ func TestFoldTruncateByOrderAcrossPartitions(t *testing.T) {
 	}
 }
 
+func TestChangeLogKeepsEveryChange(t *testing.T) {
+	s := shape("id", "a")
+	f := newFolder(s.Topic, true)
+	f.add(ev(change.OpCreate, s, "01", 0, map[string]string{"id": "1", "a": `"x"`}))
+	f.add(ev(change.OpUpdate, s, "02", 0, map[string]string{"id": "1", "a": `"y"`}))
+	f.add(ev(change.OpTruncate, s, "03", 1, nil))
+	f.add(ev(change.OpDelete, s, "04", 0, map[string]string{"id": "1", "a": `"y"`}))
+	tb := f.batch()
+	if tb.Truncate != nil {
+		t.Errorf("a change log's truncate is a row, not TableBatch.Truncate (%s)", tb.Truncate)
+	}
+	want := `c 01 id=1 a="x" (1 records)
+u 02 id=1 a="y" (1 records)
+t 03 id=- a=- (1 records)
+d 04 id=1 a="y" (1 records)`
+	if got := render(tb); got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
 func TestFoldUnionOfShapes(t *testing.T) {
 	v1 := shape("id", "gone", "a")
 	v2 := shape("id", "a", "added")
-	f := newFolder(v1.Topic)
+	f := newFolder(v1.Topic, false)
 	f.add(ev(change.OpCreate, v1, "01", 0, map[string]string{"id": "1", "gone": `"g"`, "a": `"x"`}))
 	f.add(ev(change.OpCreate, v2, "02", 0, map[string]string{"id": "2", "a": `"y"`, "added": `7`}))
 	tb := f.batch()

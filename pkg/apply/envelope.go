@@ -22,11 +22,13 @@ type parsed struct {
 	hasB   bool // before was an object (not null or absent)
 	hasA   bool
 	tsMs   int64
+	txID   []byte // source.txId (PostgreSQL) or source.gtid (MySQL), unquoted; nil when null
 }
 
 var errSyntax = errors.New("invalid JSON")
 
-// parseEnvelope reads the envelope's op, before, after and source.ts_ms in
+// parseEnvelope reads the envelope's op, before, after, source.ts_ms and
+// the source's transaction id in
 // one pass without building maps: decoding with encoding/json into maps
 // cost more than a third of a sink's CPU. Anything that is not a JSON
 // object of the expected shape is an error.
@@ -76,7 +78,7 @@ func parseEnvelope(b []byte, scratch []field) (parsed, []field, error) {
 			}
 			p.after = scratch[n:len(scratch):len(scratch)]
 		case "source":
-			if p.tsMs, err = readTsMs(val); err != nil {
+			if p.tsMs, p.txID, err = readSource(val); err != nil {
 				return p, scratch, fmt.Errorf("source: %w", err)
 			}
 		}
@@ -137,37 +139,48 @@ func readRow(v []byte, dst []field) ([]field, bool, error) {
 	}
 }
 
-// readTsMs finds ts_ms in the source object (0 when absent), without
-// collecting its members.
-func readTsMs(v []byte) (int64, error) {
+// readSource finds ts_ms and the transaction id (txId, or gtid for
+// MySQL) in the source object, without collecting its members: 0 and nil
+// when absent or null. A string id is returned without its quotes.
+func readSource(v []byte) (ts int64, txID []byte, err error) {
 	if string(v) == "null" {
-		return 0, nil
+		return 0, nil, nil
 	}
 	if len(v) == 0 || v[0] != '{' {
-		return 0, fmt.Errorf("%w: want an object", errSyntax)
+		return 0, nil, fmt.Errorf("%w: want an object", errSyntax)
 	}
-	var ts int64
 	i := skipWS(v, 1)
 	if i < len(v) && v[i] == '}' {
-		return 0, nil
+		return 0, nil, nil
 	}
 	for {
 		key, next, err := readString(v, skipWS(v, i))
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		i = skipWS(v, next)
 		if i >= len(v) || v[i] != ':' {
-			return 0, fmt.Errorf("%w: want ':'", errSyntax)
+			return 0, nil, fmt.Errorf("%w: want ':'", errSyntax)
 		}
 		i = skipWS(v, i+1)
 		start := i
 		if i, err = skipValue(v, i); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
-		if string(key) == "ts_ms" {
-			if ts, err = strconv.ParseInt(string(v[start:i]), 10, 64); err != nil {
-				return 0, fmt.Errorf("ts_ms %s: %w", v[start:i], errSyntax)
+		switch val := v[start:i]; string(key) {
+		case "ts_ms":
+			if ts, err = strconv.ParseInt(string(val), 10, 64); err != nil {
+				return 0, nil, fmt.Errorf("ts_ms %s: %w", val, errSyntax)
+			}
+		case "txId", "gtid":
+			switch {
+			case string(val) == "null":
+			case val[0] == '"':
+				if txID, _, err = readString(val, 0); err != nil {
+					return 0, nil, fmt.Errorf("%s: %w", key, err)
+				}
+			default:
+				txID = val
 			}
 		}
 		i = skipWS(v, i)
@@ -176,9 +189,9 @@ func readTsMs(v []byte) (int64, error) {
 			continue
 		}
 		if i < len(v) && v[i] == '}' {
-			return ts, nil
+			return ts, txID, nil
 		}
-		return 0, fmt.Errorf("%w: want ',' or '}'", errSyntax)
+		return 0, nil, fmt.Errorf("%w: want ',' or '}'", errSyntax)
 	}
 }
 

@@ -33,7 +33,13 @@ func TestParseEnvelopeAgreesWithEncodingJSON(t *testing.T) {
 	}
 	for n := 0; n < 500; n++ {
 		ev := change.Event{Op: []change.Op{change.OpCreate, change.OpUpdate, change.OpDelete, change.OpRead, change.OpTruncate}[n%5], Table: tab,
-			Source: change.Source{Connector: "postgresql", TsMs: int64(n) * 1000}, TxOrder: 1}
+			Source: change.Source{Connector: "postgresql", TsMs: int64(n) * 1000, TxID: int64(n % 3)}, TxOrder: 1}
+		if n%4 == 1 {
+			ev.Source.Connector = "mysql"
+			if n%8 == 1 {
+				ev.Source.GTID = fmt.Sprintf("0-1-%d", n)
+			}
+		}
 		switch ev.Op {
 		case change.OpCreate, change.OpRead:
 			ev.After = row()
@@ -50,7 +56,9 @@ func TestParseEnvelopeAgreesWithEncodingJSON(t *testing.T) {
 			Before map[string]json.RawMessage `json:"before"`
 			After  map[string]json.RawMessage `json:"after"`
 			Source struct {
-				TsMs int64 `json:"ts_ms"`
+				TsMs int64           `json:"ts_ms"`
+				TxID json.RawMessage `json:"txId"`
+				GTID *string         `json:"gtid"`
 			} `json:"source"`
 			Op string `json:"op"`
 		}
@@ -76,6 +84,16 @@ func TestParseEnvelopeAgreesWithEncodingJSON(t *testing.T) {
 		same("after", got.after, got.hasA, want.After)
 		if got.op != want.Op || got.tsMs != want.Source.TsMs {
 			t.Fatalf("%s: op %q ts %d, want %q %d", raw, got.op, got.tsMs, want.Op, want.Source.TsMs)
+		}
+		wantTx := ""
+		switch {
+		case want.Source.GTID != nil:
+			wantTx = *want.Source.GTID
+		case string(want.Source.TxID) != "null":
+			wantTx = string(want.Source.TxID)
+		}
+		if string(got.txID) != wantTx {
+			t.Fatalf("%s: transaction id %q, want %q", raw, got.txID, wantTx)
 		}
 	}
 }

@@ -69,6 +69,8 @@ type Runtime struct {
 	sink Sink
 	d    Deps
 	log  *zap.Logger
+	// history: the sink is a ChangeLog; batches are not folded.
+	history bool
 
 	batches, retries prometheus.Counter
 	applyLat, e2e    prometheus.Observer
@@ -123,7 +125,8 @@ func (r *Runtime) failing(err error) {
 
 // New returns a runtime for sink.
 func New(cfg Config, sink Sink, d Deps) *Runtime {
-	return &Runtime{cfg: cfg, sink: sink, d: d, log: d.Log, up: d.Metrics.SinkUp.WithLabelValues(cfg.Sink),
+	_, history := sink.(ChangeLog)
+	return &Runtime{cfg: cfg, sink: sink, d: d, log: d.Log, history: history, up: d.Metrics.SinkUp.WithLabelValues(cfg.Sink),
 		batches:  d.Metrics.SinkBatches.WithLabelValues(cfg.Sink),
 		retries:  d.Metrics.SinkRetries.WithLabelValues(cfg.Sink),
 		applyLat: d.Metrics.SinkApply.WithLabelValues(cfg.Sink),
@@ -172,7 +175,9 @@ func (r *Runtime) Run(ctx context.Context) error {
 		// applies those records again, which the position guard makes
 		// harmless.)
 		kgo.BlockRebalanceOnPoll(),
-		kgo.FetchMaxBytes(int32(max(r.cfg.BatchBytes, 1<<20))),
+		// A batch gathers several fetches when it is bigger than one
+		// (and the client refuses a fetch over its 100 MiB read limit).
+		kgo.FetchMaxBytes(int32(min(max(r.cfg.BatchBytes, 1<<20), 64<<20))),
 		// A broker holds an empty fetch this long; short, so a poll that
 		// gave up (the linger passed) is not followed by a stale wait.
 		kgo.FetchMaxWait(time.Second),
@@ -424,7 +429,7 @@ func (r *Runtime) prepare(ctx context.Context, recs []*kgo.Record) (*prepared, e
 		}
 		f := w.folders[rec.Topic]
 		if f == nil {
-			f = newFolder(rec.Topic)
+			f = newFolder(rec.Topic, r.history)
 			w.folders[rec.Topic] = f
 			w.topics = append(w.topics, rec.Topic)
 		}

@@ -36,8 +36,21 @@ type Sink interface {
 	Close() error
 }
 
+// ChangeLog is a Sink that records every change rather than mirroring the
+// table (a change log, as the Parquet sink writes): the runtime does not
+// fold its batches. Rows then hold one change each, in log order per
+// partition (partitions interleaved as polled); a truncate is a Row of
+// OpTruncate with no values (TableBatch.Truncate stays nil); a delete's
+// Values are its whole before image.
+type ChangeLog interface {
+	Sink
+	// KeepsEveryChange marks the sink; it is never called.
+	KeepsEveryChange()
+}
+
 // TableBatch is the changes of one table since the last batch, folded per
-// key: one Row per key, holding the key's newest change.
+// key: one Row per key, holding the key's newest change (every change, for
+// a ChangeLog sink).
 type TableBatch struct {
 	// Table is the newest shape seen in the batch. Its Columns are the
 	// union of every shape's columns: the newest shape's, then columns
@@ -55,7 +68,8 @@ type TableBatch struct {
 
 // Row is the newest change of one key.
 type Row struct {
-	// Op is OpCreate, OpUpdate, OpRead or OpDelete.
+	// Op is OpCreate, OpUpdate, OpRead or OpDelete (or OpTruncate, for a
+	// ChangeLog sink).
 	Op change.Op
 	// Key is the Kafka record key: the key columns as a JSON object. It
 	// identifies the row in tombstone bookkeeping.
@@ -63,6 +77,13 @@ type Row struct {
 	// Order is the change's position token (codec.Order): bytewise
 	// greater means newer.
 	Order []byte
+	// TsMs is when the change was committed at the source (the
+	// envelope's source.ts_ms), 0 when unknown.
+	TsMs int64
+	// TxID is the source transaction's id as text (PostgreSQL's txId,
+	// MySQL's GTID), nil when the source sent none. It points into the
+	// Kafka record's value.
+	TxID []byte
 	// Values are aligned with TableBatch.Table.Columns: the after image,
 	// or the before image for a delete (only its key columns). A nil entry
 	// (a column the change's shape did not have) or the unavailable marker

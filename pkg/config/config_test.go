@@ -268,3 +268,26 @@ func TestSecretNeverPrints(t *testing.T) {
 		t.Errorf("secret marshalled: %s", b)
 	}
 }
+
+func TestLakeSinkKeys(t *testing.T) {
+	base := "name: app\nsource:\n  type: postgres\n  dsn: postgres://u@h/db\n  tables: [public.t]\nsinks:\n"
+	c, err := Parse([]byte(base + "  - name: log\n    type: parquet\n    path: s3://lake/x\n    s3: {endpoint: http://127.0.0.1:9000, path_style: true}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := c.Sinks[0]; s.Linger != 10*time.Second || s.BatchBytes != 128<<20 || s.S3 == nil || !s.S3.PathStyle {
+		t.Errorf("parquet defaults: %+v", s)
+	}
+	for yaml, want := range map[string]string{
+		"  - name: a\n    type: parquet\n":                                                  "sinks[0].path: is required",
+		"  - name: a\n    type: parquet\n    path: /tmp/x\n":                                "want file:///absolute/dir or s3://bucket/prefix",
+		"  - name: a\n    type: parquet\n    path: file:///x\n    s3: {region: eu}\n":       "sinks[0].s3: is only used with an s3:// path",
+		"  - name: a\n    type: parquet\n    path: s3://b\n    s3: {endpoint: localhost}\n": "sinks[0].s3.endpoint",
+		"  - name: a\n    type: parquet\n    path: s3://b\n    s3: {access_key_id: k}\n":    "go together",
+	} {
+		_, err := Parse([]byte(base + yaml))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want an error with %q", yaml, err, want)
+		}
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/tideline-cdc/tideline/pkg/objstore"
 )
 
 // Sink is one entry of the sinks list: a consumer group that applies the
@@ -20,8 +22,17 @@ type Sink struct {
 
 	// DSN is the target database (postgres, mysql).
 	DSN Secret `yaml:"dsn"`
-	// Path is the DuckDB database file (duckdb).
+	// Path is the DuckDB database file (duckdb), or where a change log
+	// goes: file:///dir or s3://bucket/prefix (parquet).
 	Path string `yaml:"path"`
+	// Catalog is the Iceberg SQL catalog: a SQLite file, or a
+	// postgres:// URL (iceberg).
+	Catalog Secret `yaml:"catalog"`
+	// Warehouse is where Iceberg tables' files go: a directory,
+	// file:///dir or s3://bucket/prefix (iceberg).
+	Warehouse string `yaml:"warehouse"`
+	// S3 configures s3:// paths (parquet, iceberg).
+	S3 *S3 `yaml:"s3"`
 	// TableFormat names target tables from {db}, {schema}, {table}.
 	TableFormat string `yaml:"table_format"`
 	// SoftDelete keeps deleted rows, marked _tideline_deleted.
@@ -37,26 +48,49 @@ type Sink struct {
 	Group string `yaml:"group"`
 }
 
+// S3 is how a sink reaches an S3-compatible store. Credentials left empty
+// come from AWS's environment variables and shared config.
+type S3 struct {
+	// Endpoint is the store's URL (for S3-compatible stores; empty: AWS).
+	Endpoint string `yaml:"endpoint"`
+	Region   string `yaml:"region"`
+	// PathStyle addresses buckets as endpoint/bucket (most S3-compatible
+	// stores need it).
+	PathStyle       bool   `yaml:"path_style"`
+	AccessKeyID     string `yaml:"access_key_id"`
+	SecretAccessKey Secret `yaml:"secret_access_key"`
+	SessionToken    Secret `yaml:"session_token"`
+}
+
 // SinkTypes lists the sink types and, for each, the keys it takes beyond
 // name, type, tables, batch_*, linger and group.
 var SinkTypes = map[string][]string{
 	"postgres": {"dsn", "table_format", "soft_delete"},
 	"mysql":    {"dsn", "table_format", "soft_delete"},
 	"duckdb":   {"path", "table_format", "soft_delete", "keep_open"},
+	"parquet":  {"path", "s3"},
 }
 
 // KeepOpenOn reports whether a DuckDB sink holds its file open.
 func (s *Sink) KeepOpenOn() bool { return s.KeepOpen == nil || *s.KeepOpen }
 
 func (s *Sink) defaults(pipeline string) {
+	// A lake sink writes a file (an Iceberg snapshot) per batch: bigger
+	// batches, fewer small files. The linger stays well under the
+	// consumer group's rebalance timeout (20 s): a poll holds rebalances
+	// off until its batch is applied.
+	records, bytes, linger := 10000, ByteSize(16<<20), 200*time.Millisecond
+	if s.Type == "parquet" || s.Type == "iceberg" {
+		records, bytes, linger = 500_000, 128<<20, 10*time.Second
+	}
 	if s.BatchRecords == 0 {
-		s.BatchRecords = 10000
+		s.BatchRecords = records
 	}
 	if s.BatchBytes == 0 {
-		s.BatchBytes = 16 << 20
+		s.BatchBytes = bytes
 	}
 	if s.Linger == 0 {
-		s.Linger = 200 * time.Millisecond
+		s.Linger = linger
 	}
 	if s.Group == "" {
 		s.Group = "tideline-" + pipeline + "-" + s.Name
@@ -71,6 +105,19 @@ func (s *Sink) defaults(pipeline string) {
 	}
 }
 
+// storeURL checks a lake location: file:///dir or s3://bucket[/prefix]
+// (a plain absolute directory too when dirOK).
+func storeURL(v string, dirOK bool) error {
+	if v == "" {
+		return fmt.Errorf("is required (file:///dir or s3://bucket/prefix)")
+	}
+	if dirOK && strings.HasPrefix(v, "/") {
+		return nil
+	}
+	_, err := objstore.Parse(v)
+	return err
+}
+
 var (
 	sinkNameRe    = regexp.MustCompile(`^[a-z0-9_-]{1,63}$`)
 	tableFormatRe = regexp.MustCompile(`^[^.\s]+(\.[^.\s]+)?$`)
@@ -80,6 +127,7 @@ var (
 func (s *Sink) set() map[string]bool {
 	return map[string]bool{
 		"dsn": s.DSN != "", "path": s.Path != "", "soft_delete": s.SoftDelete, "keep_open": s.KeepOpen != nil,
+		"catalog": s.Catalog != "", "warehouse": s.Warehouse != "", "s3": s.S3 != nil,
 	}
 }
 
@@ -114,7 +162,7 @@ func (c *Config) validateSinks() Problems {
 		}
 		for k, isSet := range s.set() {
 			if isSet && !allowed[k] {
-				add(p+"."+k, "is not used by a %s sink", s.Type)
+				add(p+"."+k, "is not used by a sink of type %s", s.Type)
 			}
 		}
 		for j, t := range s.Tables {
@@ -141,6 +189,30 @@ func (c *Config) validateSinks() Problems {
 			if s.Path == "" {
 				add(p+".path", "is required (the DuckDB database file)")
 			}
+		case "parquet":
+			if err := storeURL(s.Path, false); err != nil {
+				add(p+".path", "%v", err)
+			}
+		case "iceberg":
+			if s.Catalog == "" {
+				add(p+".catalog", "is required (a SQLite file, or a postgres:// URL)")
+			} else if u, err := url.Parse(string(s.Catalog)); err == nil && u.Scheme != "" && u.Scheme != "postgres" && u.Scheme != "postgresql" && u.Scheme != "file" {
+				add(p+".catalog", "%q: a SQLite file path, or a postgres:// URL", u.Scheme)
+			}
+			if err := storeURL(s.Warehouse, true); err != nil {
+				add(p+".warehouse", "%v", err)
+			}
+		}
+		if s.S3 != nil && !strings.HasPrefix(s.Path, "s3://") && !strings.HasPrefix(s.Warehouse, "s3://") {
+			add(p+".s3", "is only used with an s3:// %s", map[bool]string{true: "warehouse", false: "path"}[s.Type == "iceberg"])
+		}
+		if s.S3 != nil && s.S3.Endpoint != "" {
+			if u, err := url.Parse(s.S3.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				add(p+".s3.endpoint", "%q: want an http:// or https:// URL", s.S3.Endpoint)
+			}
+		}
+		if s.S3 != nil && (s.S3.AccessKeyID == "") != (s.S3.SecretAccessKey == "") {
+			add(p+".s3", "access_key_id and secret_access_key go together")
 		}
 		if allowed["table_format"] && (!tableFormatRe.MatchString(s.TableFormat) || !strings.Contains(s.TableFormat, "{table}")) {
 			add(p+".table_format", "%q: table or schema.table, from {db}, {schema} and {table} (with {table})", s.TableFormat)

@@ -7,6 +7,8 @@ import (
 
 	"github.com/tideline-cdc/tideline/pkg/apply"
 	"github.com/tideline-cdc/tideline/pkg/config"
+	"github.com/tideline-cdc/tideline/pkg/objstore"
+	"github.com/tideline-cdc/tideline/sinks/parquet"
 	sqlsink "github.com/tideline-cdc/tideline/sinks/sql"
 )
 
@@ -31,6 +33,18 @@ var SinkTypes = map[string]SinkFactory{
 	"duckdb": func(ctx context.Context, d SinkDeps) (apply.Sink, error) {
 		return sqlsink.NewDuckDB(ctx, warehouse(d.Sink), d.Log)
 	},
+	"parquet": func(ctx context.Context, d SinkDeps) (apply.Sink, error) {
+		return parquet.New(ctx, parquet.Config{Name: d.Sink.Name, Path: d.Sink.Path, S3: s3Options(d.Sink.S3)}, d.Log)
+	},
+}
+
+// s3Options are a sink's s3 settings for pkg/objstore.
+func s3Options(s *config.S3) objstore.Options {
+	if s == nil {
+		return objstore.Options{}
+	}
+	return objstore.Options{Endpoint: s.Endpoint, Region: s.Region, PathStyle: s.PathStyle,
+		AccessKeyID: s.AccessKeyID, SecretAccessKey: string(s.SecretAccessKey), SessionToken: string(s.SessionToken)}
 }
 
 func warehouse(s *config.Sink) sqlsink.Config {
