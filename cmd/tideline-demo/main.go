@@ -106,6 +106,7 @@ type started struct {
 	httpAddr string   // the bound metrics and health address, "" when off
 	brokers  []string // the embedded broker's address
 	duckdb   string   // the DuckDB warehouse file the demo's sink writes
+	lake     string   // the folder of the Parquet change log the demo's other sink writes
 }
 
 func main() {
@@ -197,8 +198,8 @@ func run(ctx context.Context, f flags, log *zap.Logger, onStart func(started)) e
 	}
 	log.Info("created the shop schema with seed rows", zap.Strings("tables", db.tables))
 
-	warehouse := filepath.Join(tmp, "warehouse.duckdb")
-	cfg, err := demoConfig(f, db, srv.dsn(), filepath.Join(tmp, "kafka"), warehouse)
+	warehouse, lake := filepath.Join(tmp, "warehouse.duckdb"), filepath.Join(tmp, "lake")
+	cfg, err := demoConfig(f, db, srv.dsn(), filepath.Join(tmp, "kafka"), warehouse, lake)
 	if err != nil {
 		return err
 	}
@@ -210,7 +211,7 @@ func run(ctx context.Context, f flags, log *zap.Logger, onStart func(started)) e
 	g.Go(func() error {
 		return daemon.Run(gctx, cfg, log, daemon.Options{
 			Started: func(httpAddr string, brokers []string) {
-				onStart(started{db: db, dsn: srv.dsn(), shell: srv.shell(), dbDir: srv.dir(), tmp: tmp, httpAddr: httpAddr, brokers: brokers, duckdb: warehouse})
+				onStart(started{db: db, dsn: srv.dsn(), shell: srv.shell(), dbDir: srv.dir(), tmp: tmp, httpAddr: httpAddr, brokers: brokers, duckdb: warehouse, lake: lake})
 			},
 		})
 	})
@@ -225,8 +226,9 @@ func run(ctx context.Context, f flags, log *zap.Logger, onStart func(started)) e
 
 // demoConfig is the configuration the demo runs, built the way a config file is: defaults, then
 // validation.
-// Besides the capture, it runs a DuckDB warehouse sink that mirrors every table into one file.
-func demoConfig(f flags, db *database, dsn, kafkaDir, warehouse string) (*config.Config, error) {
+// Besides the capture, it runs a DuckDB warehouse sink that mirrors every table into one file,
+// and a Parquet sink that writes every change to a change log in the folder lake.
+func demoConfig(f flags, db *database, dsn, kafkaDir, warehouse, lake string) (*config.Config, error) {
 	keepOpen := false // so that tideline duckdb can read the file between batches
 	cfg := &config.Config{
 		Name: name,
@@ -243,7 +245,10 @@ func demoConfig(f flags, db *database, dsn, kafkaDir, warehouse string) (*config
 				DataDir: kafkaDir,
 			},
 		},
-		Sinks: []config.Sink{{Name: "warehouse", Type: "duckdb", Path: warehouse, KeepOpen: &keepOpen, Linger: time.Second}},
+		Sinks: []config.Sink{
+			{Name: "warehouse", Type: "duckdb", Path: warehouse, KeepOpen: &keepOpen, Linger: time.Second},
+			{Name: "history", Type: "parquet", Path: "file://" + lake, Linger: 5 * time.Second},
+		},
 		HTTP:  config.HTTP{Listen: f.http},
 		Log:   config.Log{Level: "info", Format: "console"},
 	}
@@ -279,7 +284,7 @@ func printBanner(w io.Writer, f flags, s started) {
 	var b strings.Builder
 	line := strings.Repeat("=", 78)
 	fmt.Fprintf(&b, "\n%s\n", line)
-	fmt.Fprintf(&b, "Tideline demo is running: %s -> Tideline -> embedded Kafka broker -> DuckDB warehouse\n\n", s.db.title)
+	fmt.Fprintf(&b, "Tideline demo is running: %s -> Tideline -> embedded Kafka broker -> DuckDB warehouse, Parquet change log\n\n", s.db.title)
 	fmt.Fprintf(&b, "  %-13s%s\n", s.db.title, s.dsn)
 	fmt.Fprintf(&b, "               %s\n", s.shell)
 	if f.rate > 0 {
@@ -296,7 +301,9 @@ func printBanner(w io.Writer, f flags, s started) {
 	fmt.Fprintf(&b, "               kcat -b %s -L    (list topics)\n", broker)
 	fmt.Fprintf(&b, "               (no kcat? apt-get install kcat)\n")
 	fmt.Fprintf(&b, "  Warehouse    %s (DuckDB, written by the sink \"warehouse\" every second)\n", s.duckdb)
-	fmt.Fprintf(&b, "  Query it     %s\n\n", duckdbQuery(s))
+	fmt.Fprintf(&b, "  Query it     %s\n", duckdbQuery(s))
+	fmt.Fprintf(&b, "  Change log   %s (Parquet, every change, written by the sink \"history\" every 5 seconds)\n", s.lake)
+	fmt.Fprintf(&b, "  Query it     %s\n\n", parquetQuery(s))
 	if s.httpAddr != "" {
 		fmt.Fprintf(&b, "  Metrics      http://%s/metrics   (try: curl -s http://%s/metrics | grep tideline_events_total)\n", s.httpAddr, s.httpAddr)
 		fmt.Fprintf(&b, "  Ready        http://%s/readyz\n", s.httpAddr)
@@ -309,6 +316,17 @@ func printBanner(w io.Writer, f flags, s started) {
 func duckdbQuery(s started) string {
 	t := s.db.tables[len(s.db.tables)-1]
 	return fmt.Sprintf(`bin/tideline duckdb --path %s "SELECT _tideline_op, count(*) FROM %s GROUP BY 1"`, s.duckdb, t)
+}
+
+// parquetQuery is a command that reads the demo's change log (parquetSQL).
+func parquetQuery(s started) string {
+	return fmt.Sprintf(`bin/tideline duckdb "%s"`, parquetSQL(s))
+}
+
+// parquetSQL reads the newest changes of one table from the demo's change log.
+func parquetSQL(s started) string {
+	t := s.db.tables[len(s.db.tables)-1]
+	return fmt.Sprintf(`SELECT _tideline_commit_ts, _tideline_op, id, status FROM read_parquet('%s/%s/*/*.parquet', union_by_name=true) ORDER BY _tideline_position DESC LIMIT 10`, s.lake, t)
 }
 
 // removeAll removes dir, logging (not returning) a failure: it runs on the way out.

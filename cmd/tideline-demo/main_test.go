@@ -65,7 +65,7 @@ func testDemo(t *testing.T, source, customers, orders, orderInserts string) {
 		"kcat -b " + s.brokers[0] + " -C -t " + customers + " -f '%k %s\\n'",
 		"apt-get install kcat",
 		"http://" + s.httpAddr + "/metrics", "http://" + s.httpAddr + "/readyz",
-		"Ctrl-C to stop", duckdbQuery(s),
+		"Ctrl-C to stop", duckdbQuery(s), parquetQuery(s),
 	} {
 		if !strings.Contains(banner.String(), want) {
 			t.Errorf("banner lacks %q:\n%s", want, banner.String())
@@ -144,6 +144,25 @@ func testDemo(t *testing.T, source, customers, orders, orderInserts string) {
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
+	}
+	// The change log holds the snapshot's rows and the workload's changes, and the query the
+	// banner prints reads it (the first files come within the sink's 5 s linger).
+	deadline = time.Now().Add(time.Minute)
+	for {
+		var out strings.Builder
+		err := sqlsink.QueryDuckDB(ctx, sqlsink.InMemory, "SELECT string_agg(DISTINCT _tideline_op, '' ORDER BY _tideline_op) AS ops FROM ("+
+			strings.Replace(parquetSQL(s), "LIMIT 10", "", 1)+")", &out)
+		if err == nil && strings.Contains(out.String(), "r") && strings.ContainsAny(out.String(), "cu") {
+			var last strings.Builder
+			if err := sqlsink.QueryDuckDB(ctx, sqlsink.InMemory, parquetSQL(s), &last); err != nil || strings.Count(last.String(), "\n") < 3 {
+				t.Errorf("the banner's change-log query: %v\n%s", err, last.String())
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("change log after 1m: %q (%v)", out.String(), err)
+		}
+		time.Sleep(time.Second)
 	}
 	if body := get(t, "http://"+s.httpAddr+"/metrics"); !strings.Contains(body, `tideline_sink_rows_total{op="r",sink="warehouse"`) {
 		t.Errorf("/metrics does not count the warehouse's rows")

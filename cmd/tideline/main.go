@@ -123,15 +123,14 @@ func statusCmd() *cobra.Command {
 func duckdbCmd() *cobra.Command {
 	var path string
 	cmd := &cobra.Command{
-		Use:   "duckdb --path FILE QUERY",
-		Short: "Run a read-only SQL query on a DuckDB warehouse file (e.g. a duckdb sink's) and print the result",
+		Use:   "duckdb [--path FILE] QUERY",
+		Short: "Run a read-only SQL query on a DuckDB warehouse file (a duckdb sink's), or with no file on Parquet change logs (read_parquet), and print the result",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return sqlsink.QueryDuckDB(cmd.Context(), path, args[0], cmd.OutOrStdout())
 		},
 	}
-	cmd.Flags().StringVar(&path, "path", "", "the DuckDB database file")
-	_ = cmd.MarkFlagRequired("path")
+	cmd.Flags().StringVar(&path, "path", sqlsink.InMemory, "the DuckDB database file (default: none, an in-memory database for queries over files)")
 	return cmd
 }
 

@@ -675,6 +675,10 @@ func classifyDuck(err error) error {
 // file.
 const duckLockWait = 10 * time.Second
 
+// InMemory, as QueryDuckDB's path, queries no database file: an in-memory
+// DuckDB, for queries over files such as read_parquet('…').
+const InMemory = ":memory:"
+
 // QueryDuckDB runs query on the database file at path, opened read-only,
 // and writes the result to w as an aligned text table. While another
 // process (the sink) holds the file it retries, for up to 10 s.
@@ -686,12 +690,22 @@ func QueryDuckDB(ctx context.Context, path, query string, w io.Writer) error {
 // finds the file locked, before it waits, so that a test can release the
 // file once the query is waiting for it.
 func queryDuckDB(ctx context.Context, path, query string, w io.Writer, waiting func()) error {
-	if _, err := os.Stat(path); err != nil {
-		return fmt.Errorf("query %s: %w", path, err)
-	}
-	db, err := duckOpenReadOnly(ctx, path, waiting)
-	if err != nil {
-		return err
+	var db *sql.DB
+	if path == "" || path == InMemory {
+		// No file: a query over Parquet files (read_parquet) and the like.
+		c, err := duckdb.NewConnector("", nil)
+		if err != nil {
+			return fmt.Errorf("query: %w", err)
+		}
+		db = sql.OpenDB(c)
+	} else {
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("query %s: %w", path, err)
+		}
+		var err error
+		if db, err = duckOpenReadOnly(ctx, path, waiting); err != nil {
+			return err
+		}
 	}
 	defer db.Close() //nolint:errcheck // read-only: nothing to lose
 	conn, err := db.Conn(ctx)
