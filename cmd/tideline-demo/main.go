@@ -249,8 +249,8 @@ func demoConfig(f flags, db *database, dsn, kafkaDir, warehouse, lake string) (*
 			{Name: "warehouse", Type: "duckdb", Path: warehouse, KeepOpen: &keepOpen, Linger: time.Second},
 			{Name: "history", Type: "parquet", Path: "file://" + lake, Linger: 5 * time.Second},
 		},
-		HTTP:  config.HTTP{Listen: f.http},
-		Log:   config.Log{Level: "info", Format: "console"},
+		HTTP: config.HTTP{Listen: f.http},
+		Log:  config.Log{Level: "info", Format: "console"},
 	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
