@@ -18,6 +18,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 	duckdb "github.com/duckdb/duckdb-go/v2"
 	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
@@ -34,6 +37,7 @@ import (
 	"github.com/tideline-cdc/tideline/pkg/config"
 	"github.com/tideline-cdc/tideline/pkg/kafka"
 	"github.com/tideline-cdc/tideline/pkg/observe"
+	"github.com/tideline-cdc/tideline/sinks/parquet"
 	sqlsink "github.com/tideline-cdc/tideline/sinks/sql"
 )
 
@@ -69,7 +73,7 @@ const (
 )
 
 // sinkTargets are the -sink-targets names, in run order.
-var sinkTargets = []string{"postgres", "mysql", "duckdb"}
+var sinkTargets = []string{"postgres", "mysql", "duckdb", "parquet"}
 
 // sinkReport is the sink workload's part of the report.
 type sinkReport struct {
@@ -101,6 +105,10 @@ type sinkTarget struct {
 	// batches, applySecs, retries and dlq are the runtime's metrics:
 	// applySecs is the time spent inside Sink.Apply.
 	batches, applySecs, retries, dlq float64
+	// lake marks a change-log or lake target: every change is a row, and
+	// the "bulk" beside it is pqarrow writing the same rows from memory.
+	lake  bool
+	files int // Parquet files the sink wrote
 }
 
 // sinkData is the workload's table: the final value of every row, and the
@@ -233,6 +241,8 @@ func (b *bench) workloadSinks(ctx context.Context) (rep sinkReport) {
 			st = b.sinkMariaDB(ctx, run)
 		case "duckdb":
 			st = b.sinkDuckDB(ctx, run)
+		case "parquet":
+			st = b.sinkParquet(ctx, run)
 		}
 		rep.targets = append(rep.targets, st)
 	}
@@ -761,6 +771,94 @@ func (b *bench) sinkDuckDB(ctx context.Context, run sinkRun) (st sinkTarget) {
 	}
 	b.logBulk(&st)
 	return st
+}
+
+// sinkParquet runs the Parquet change log into a local folder, checks it
+// with DuckDB (every change once, the newest per id giving the expected
+// sum(qty)), then reads the files into memory and times pqarrow writing
+// the same rows, with the sink's writer settings, to one file.
+func (b *bench) sinkParquet(ctx context.Context, run sinkRun) (st sinkTarget) {
+	st = sinkTarget{label: "Parquet (local disk)", bulkHow: "pqarrow from memory", lake: true}
+	dir := filepath.Join(run.dir, "lake")
+	s, err := parquet.New(ctx, parquet.Config{Name: "parquet", Path: "file://" + dir}, zap.NewNop())
+	if err != nil {
+		st.err = err
+		return st
+	}
+	b.runSink(ctx, &st, "parquet", s, run)
+	if st.sink.err != nil {
+		return st
+	}
+	glob := parquet.Glob("file://"+dir, sinkTable())
+	files, _ := filepath.Glob(filepath.Join(dir, "public.items", "*", "*.parquet"))
+	st.files = len(files)
+	db, err := sql.Open("duckdb", "")
+	if err != nil {
+		st.bulk = measure{err: err}
+		return st
+	}
+	defer db.Close()
+	_ = db.QueryRowContext(ctx, "SELECT version()").Scan(&st.version)
+	var rows, positions, qty int64
+	err = db.QueryRowContext(ctx, `SELECT count(*), count(DISTINCT _tideline_position),
+		(SELECT CAST(coalesce(sum(q), 0) AS BIGINT) FROM (SELECT arg_max(qty, _tideline_position) AS q FROM read_parquet('`+glob+`') GROUP BY id))
+		FROM read_parquet('`+glob+`')`).Scan(&rows, &positions, &qty)
+	st.sinkRows = rows
+	switch {
+	case err != nil:
+		st.check = fmt.Sprintf("could not read the change log: %v", err)
+	case rows != int64(run.changes) || positions != rows:
+		st.check = fmt.Sprintf("the change log has %d rows with %d distinct positions, %d changes expected once each", rows, positions, run.changes)
+	case qty != run.d.qtySum():
+		st.check = fmt.Sprintf("the newest change per id gives sum(qty) %d, %d expected", qty, run.d.qtySum())
+	}
+	if st.check != "" {
+		b.logf("S %s: WARNING: %s", st.label, st.check)
+	} else {
+		b.logf("S %s: %d files hold the %d changes once each; the newest per id sum(qty) as expected", st.label, st.files, rows)
+	}
+
+	// The same rows, in memory, written by pqarrow alone.
+	var tables []arrow.Table
+	defer func() {
+		for _, t := range tables {
+			t.Release()
+		}
+	}()
+	for _, f := range files {
+		t, err := readParquetFile(ctx, f)
+		if err != nil {
+			st.bulk = measure{err: err}
+			return st
+		}
+		tables = append(tables, t)
+	}
+	out, err := os.Create(filepath.Join(run.dir, "pqarrow.parquet"))
+	if err != nil {
+		st.bulk = measure{err: err}
+		return st
+	}
+	defer out.Close()
+	b.logf("S %s: bulk: pqarrow writes the %d rows of %d tables from memory to one file", st.label, rows, len(tables))
+	start := time.Now()
+	err = parquet.WriteTables(struct{ io.Writer }{out}, tables) // not closed by the writer: synced below
+	if err == nil {
+		err = out.Sync()
+	}
+	st.bulk = measure{took: time.Since(start), err: err}
+	st.bulkRows = rows
+	b.logBulk(&st)
+	return st
+}
+
+// readParquetFile reads a whole Parquet file into memory.
+func readParquetFile(ctx context.Context, path string) (arrow.Table, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return pqarrow.ReadTable(ctx, f, nil, pqarrow.ArrowReadProperties{}, memory.DefaultAllocator)
 }
 
 // startProfile starts a CPU profile into path; the returned func stops it.

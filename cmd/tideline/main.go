@@ -19,6 +19,7 @@ import (
 	"github.com/tideline-cdc/tideline/pkg/config"
 	"github.com/tideline-cdc/tideline/pkg/daemon"
 	"github.com/tideline-cdc/tideline/pkg/observe"
+	icebergsink "github.com/tideline-cdc/tideline/sinks/iceberg"
 	sqlsink "github.com/tideline-cdc/tideline/sinks/sql"
 )
 
@@ -36,7 +37,7 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(runCmd(), validateCmd(), versionCmd(), duckdbCmd(), statusCmd())
+	root.AddCommand(runCmd(), validateCmd(), versionCmd(), duckdbCmd(), statusCmd(), icebergCmd())
 	return root
 }
 
@@ -169,4 +170,54 @@ func versionCmd() *cobra.Command {
 			fmt.Fprintln(cmd.OutOrStdout(), "tideline", daemon.Version)
 		},
 	}
+}
+
+func icebergCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "iceberg", Short: "Maintain the Iceberg tables an iceberg sink writes"}
+	var path, sink, table string
+	var opts icebergsink.CompactOptions
+	compact := &cobra.Command{
+		Use:   "compact --config FILE --sink NAME [--table ns.table]",
+		Short: "Rewrite small data files with their delete files applied, drop delete files that no longer apply, expire old snapshots",
+		Long: "Rewrite small data files with their delete files applied, drop delete files that no longer apply, expire old snapshots " +
+			"and delete the files only they used. It may run while the sink writes: a rewrite that a concurrent commit invalidates " +
+			"fails and is retried by running compact again (e.g. from cron).",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			var sc *config.Sink
+			for i := range cfg.Sinks {
+				if cfg.Sinks[i].Name == sink {
+					sc = &cfg.Sinks[i]
+				}
+			}
+			if sc == nil || sc.Type != "iceberg" {
+				return fmt.Errorf("%s has no iceberg sink named %q", path, sink)
+			}
+			res, err := icebergsink.Compact(cmd.Context(), daemon.IcebergConfig(sc), table, opts)
+			for _, r := range res {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: data files %d -> %d, delete files %d -> %d, %d rewritten, %d snapshots expired",
+					r.Table, r.DataFilesBefore, r.DataFilesAfter, r.DeleteFilesBefore, r.DeleteFilesAfter, r.Rewritten, r.SnapshotsExpired)
+				if r.Skipped != "" {
+					fmt.Fprintf(cmd.OutOrStdout(), " (%s)", r.Skipped)
+				}
+				fmt.Fprintln(cmd.OutOrStdout())
+			}
+			return err
+		},
+	}
+	compact.Flags().StringVarP(&path, "config", "c", "tideline.yaml", "config file")
+	compact.Flags().StringVar(&sink, "sink", "", "the iceberg sink's name")
+	compact.Flags().StringVar(&table, "table", "", "one table (namespace.table); default every table in the catalog")
+	compact.Flags().Int64Var(&opts.TargetFileSize, "target-file-size", 0, "bytes of a rewritten data file (default 128 MiB)")
+	compact.Flags().IntVar(&opts.MinInputFiles, "min-input-files", 0, "small files a table needs before they are rewritten (default 2)")
+	compact.Flags().IntVar(&opts.DeleteFileThreshold, "delete-file-threshold", 0, "delete files that make any data file a candidate (default 5)")
+	compact.Flags().IntVar(&opts.RetainSnapshots, "retain-snapshots", 0, "newest snapshots always kept (default 1)")
+	compact.Flags().DurationVar(&opts.ExpireOlderThan, "expire-older-than", 0, "expire snapshots older than this, beyond the retained ones (default 24h; negative: none)")
+	_ = compact.MarkFlagRequired("sink")
+	cmd.AddCommand(compact)
+	return cmd
 }

@@ -275,15 +275,20 @@ func TestLakeSinkKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := c.Sinks[0]; s.Linger != 10*time.Second || s.BatchBytes != 128<<20 || s.S3 == nil || !s.S3.PathStyle {
+	if s := c.Sinks[0]; s.Linger != 10*time.Second || s.BatchBytes != 64<<20 || s.BatchRecords != 250_000 || s.S3 == nil || !s.S3.PathStyle {
 		t.Errorf("parquet defaults: %+v", s)
 	}
 	for yaml, want := range map[string]string{
-		"  - name: a\n    type: parquet\n":                                                  "sinks[0].path: is required",
-		"  - name: a\n    type: parquet\n    path: /tmp/x\n":                                "want file:///absolute/dir or s3://bucket/prefix",
-		"  - name: a\n    type: parquet\n    path: file:///x\n    s3: {region: eu}\n":       "sinks[0].s3: is only used with an s3:// path",
-		"  - name: a\n    type: parquet\n    path: s3://b\n    s3: {endpoint: localhost}\n": "sinks[0].s3.endpoint",
-		"  - name: a\n    type: parquet\n    path: s3://b\n    s3: {access_key_id: k}\n":    "go together",
+		"  - name: a\n    type: parquet\n":                                                                "sinks[0].path: is required",
+		"  - name: a\n    type: parquet\n    path: /tmp/x\n":                                              "want file:///absolute/dir or s3://bucket/prefix",
+		"  - name: a\n    type: parquet\n    path: file:///x\n    s3: {region: eu}\n":                     "sinks[0].s3: is only used with an s3:// path",
+		"  - name: a\n    type: parquet\n    path: s3://b\n    s3: {endpoint: localhost}\n":               "sinks[0].s3.endpoint",
+		"  - name: a\n    type: parquet\n    path: s3://b\n    s3: {access_key_id: k}\n":                  "go together",
+		"  - name: a\n    type: iceberg\n    warehouse: s3://b/w\n":                                       "sinks[0].catalog: is required with an s3:// warehouse",
+		"  - name: a\n    type: iceberg\n    warehouse: /w\n    compact_every: -1\n":                      "sinks[0].compact_every",
+		"  - name: a\n    type: iceberg\n    catalog: mysql://x/y\n    warehouse: /w\n":                   "a SQLite file path, or a postgres:// URL",
+		"  - name: a\n    type: iceberg\n    catalog: c.db\n    dsn: postgres://x/y\n    warehouse: /w\n": "sinks[0].dsn: is not used by a sink of type iceberg",
+		"  - name: a\n    type: duckdb\n    path: x.duckdb\n    warehouse: /w\n":                          "sinks[0].warehouse: is not used by a sink of type duckdb",
 	} {
 		_, err := Parse([]byte(base + yaml))
 		if err == nil || !strings.Contains(err.Error(), want) {

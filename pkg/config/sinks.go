@@ -26,8 +26,12 @@ type Sink struct {
 	// goes: file:///dir or s3://bucket/prefix (parquet).
 	Path string `yaml:"path"`
 	// Catalog is the Iceberg SQL catalog: a SQLite file, or a
-	// postgres:// URL (iceberg).
+	// postgres:// URL (iceberg). Default for a local warehouse:
+	// catalog.db in it.
 	Catalog Secret `yaml:"catalog"`
+	// CompactEvery (iceberg) compacts a table after every N commits to it
+	// (0: never; tideline iceberg compact does it by hand).
+	CompactEvery int `yaml:"compact_every"`
 	// Warehouse is where Iceberg tables' files go: a directory,
 	// file:///dir or s3://bucket/prefix (iceberg).
 	Warehouse string `yaml:"warehouse"`
@@ -69,6 +73,7 @@ var SinkTypes = map[string][]string{
 	"mysql":    {"dsn", "table_format", "soft_delete"},
 	"duckdb":   {"path", "table_format", "soft_delete", "keep_open"},
 	"parquet":  {"path", "s3"},
+	"iceberg":  {"catalog", "warehouse", "s3", "soft_delete", "compact_every"},
 }
 
 // KeepOpenOn reports whether a DuckDB sink holds its file open.
@@ -81,7 +86,7 @@ func (s *Sink) defaults(pipeline string) {
 	// off until its batch is applied.
 	records, bytes, linger := 10000, ByteSize(16<<20), 200*time.Millisecond
 	if s.Type == "parquet" || s.Type == "iceberg" {
-		records, bytes, linger = 500_000, 128<<20, 10*time.Second
+		records, bytes, linger = 250_000, 64<<20, 10*time.Second
 	}
 	if s.BatchRecords == 0 {
 		s.BatchRecords = records
@@ -127,7 +132,7 @@ var (
 func (s *Sink) set() map[string]bool {
 	return map[string]bool{
 		"dsn": s.DSN != "", "path": s.Path != "", "soft_delete": s.SoftDelete, "keep_open": s.KeepOpen != nil,
-		"catalog": s.Catalog != "", "warehouse": s.Warehouse != "", "s3": s.S3 != nil,
+		"catalog": s.Catalog != "", "warehouse": s.Warehouse != "", "s3": s.S3 != nil, "compact_every": s.CompactEvery != 0,
 	}
 }
 
@@ -194,13 +199,16 @@ func (c *Config) validateSinks() Problems {
 				add(p+".path", "%v", err)
 			}
 		case "iceberg":
-			if s.Catalog == "" {
-				add(p+".catalog", "is required (a SQLite file, or a postgres:// URL)")
+			if s.Catalog == "" && strings.HasPrefix(s.Warehouse, "s3://") {
+				add(p+".catalog", "is required with an s3:// warehouse (a SQLite file, or a postgres:// URL)")
 			} else if u, err := url.Parse(string(s.Catalog)); err == nil && u.Scheme != "" && u.Scheme != "postgres" && u.Scheme != "postgresql" && u.Scheme != "file" {
 				add(p+".catalog", "%q: a SQLite file path, or a postgres:// URL", u.Scheme)
 			}
 			if err := storeURL(s.Warehouse, true); err != nil {
 				add(p+".warehouse", "%v", err)
+			}
+			if s.CompactEvery < 0 {
+				add(p+".compact_every", "must be 0 (never) or a number of commits")
 			}
 		}
 		if s.S3 != nil && !strings.HasPrefix(s.Path, "s3://") && !strings.HasPrefix(s.Warehouse, "s3://") {

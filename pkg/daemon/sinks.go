@@ -8,6 +8,7 @@ import (
 	"github.com/tideline-cdc/tideline/pkg/apply"
 	"github.com/tideline-cdc/tideline/pkg/config"
 	"github.com/tideline-cdc/tideline/pkg/objstore"
+	icebergsink "github.com/tideline-cdc/tideline/sinks/iceberg"
 	"github.com/tideline-cdc/tideline/sinks/parquet"
 	sqlsink "github.com/tideline-cdc/tideline/sinks/sql"
 )
@@ -33,9 +34,25 @@ var SinkTypes = map[string]SinkFactory{
 	"duckdb": func(ctx context.Context, d SinkDeps) (apply.Sink, error) {
 		return sqlsink.NewDuckDB(ctx, warehouse(d.Sink), d.Log)
 	},
+	"iceberg": func(ctx context.Context, d SinkDeps) (apply.Sink, error) {
+		return icebergsink.New(ctx, IcebergConfig(d.Sink), d.Log)
+	},
 	"parquet": func(ctx context.Context, d SinkDeps) (apply.Sink, error) {
 		return parquet.New(ctx, parquet.Config{Name: d.Sink.Name, Path: d.Sink.Path, S3: s3Options(d.Sink.S3)}, d.Log)
 	},
+}
+
+// IcebergConfig is an iceberg sink's settings for sinks/iceberg.
+func IcebergConfig(s *config.Sink) icebergsink.Config {
+	c := icebergsink.Config{Name: s.Name, Catalog: string(s.Catalog), Warehouse: s.Warehouse, SoftDelete: s.SoftDelete, CompactEvery: s.CompactEvery}
+	if s.S3 != nil {
+		c.S3 = icebergsink.S3Config{Endpoint: s.S3.Endpoint, Region: s.S3.Region, AccessKeyID: s.S3.AccessKeyID,
+			SecretAccessKey: string(s.S3.SecretAccessKey), SessionToken: string(s.S3.SessionToken)}
+		if s.S3.PathStyle {
+			c.S3.PathStyle = &s.S3.PathStyle
+		}
+	}
+	return c
 }
 
 // s3Options are a sink's s3 settings for pkg/objstore.

@@ -24,6 +24,7 @@ import (
 	"github.com/tideline-cdc/tideline/pkg/config"
 	"github.com/tideline-cdc/tideline/pkg/daemon"
 	"github.com/tideline-cdc/tideline/pkg/observe"
+	icebergsink "github.com/tideline-cdc/tideline/sinks/iceberg"
 )
 
 // accountsWriter runs a mixed insert/update/delete workload on
@@ -453,12 +454,13 @@ func TestSinkRegistriesAgree(t *testing.T) {
 	}
 }
 
-// TestParquetKillNineLoop streams the mixed workload into a Parquet change
-// log while killing tideline with SIGKILL, with a column added in the
-// middle. A trigger at the source records every change in an audit table;
-// afterwards DuckDB's read_parquet over the log must list exactly those
-// changes, in the same order, each once (plus the snapshot's rows).
-func TestParquetKillNineLoop(t *testing.T) {
+// TestLakeKillNineLoop streams the mixed workload into a Parquet change log
+// and an Iceberg table while killing tideline with SIGKILL, with a column
+// added in the middle. A trigger at the source records every change in an
+// audit table; afterwards DuckDB's read_parquet over the log must list
+// exactly those changes, in the same order, each once (plus the
+// snapshot's rows), and an Iceberg scan must equal the source table.
+func TestLakeKillNineLoop(t *testing.T) {
 	e := newEnv(t)
 	e.exec(`CREATE TABLE public.accounts (id bigint PRIMARY KEY, name text NOT NULL, balance numeric(12,2) NOT NULL,
 		opened date, active boolean NOT NULL, note text)`)
@@ -474,7 +476,7 @@ func TestParquetKillNineLoop(t *testing.T) {
 			RETURN NULL;
 		END $$`)
 	e.exec(`CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON public.accounts FOR EACH ROW EXECUTE FUNCTION public.audit()`)
-	lake := t.TempDir()
+	lake, warehouse := t.TempDir(), t.TempDir()
 	port, _ := freePort(t)
 	cfg := e.writeConfig([]string{"public.accounts"}, httpConfig(port)+fmt.Sprintf(`sinks:
   - name: log
@@ -482,7 +484,13 @@ func TestParquetKillNineLoop(t *testing.T) {
     path: file://%s
     batch_records: 500
     linger: 200ms
-`, lake))
+  - name: ice
+    type: iceberg
+    warehouse: %s
+    compact_every: 20
+    batch_records: 2000
+    linger: 500ms
+`, lake, warehouse))
 
 	p := startProc(t, cfg, port)
 	p.waitReady(60 * time.Second) // the snapshot is taken: every change from here is in the audit
@@ -541,10 +549,58 @@ func TestParquetKillNineLoop(t *testing.T) {
 	if len(snap) != 1 || snap[0] != "n=200|ids=200" {
 		t.Errorf("snapshot rows in the log: %v, want 200 distinct", snap)
 	}
-	if n, err := p.metric("tideline_sink_dlq_records_total", `sink="log"`); err == nil && n > 0 {
-		t.Errorf("the parquet sink sent %v records to its dead-letter topic", n)
+	// The Iceberg table equals the source table.
+	tableCols := []string{"id", "name", "balance", "opened", "active", "note", "tier"}
+	want := snapshotRows(t, srcDB, "SELECT id, name, balance, opened, active, note, tier FROM public.accounts", tableCols)
+	ice := icebergsink.Config{Name: "ice", Warehouse: warehouse}
+	deadline = time.Now().Add(90 * time.Second)
+	for {
+		got, err := icebergRows(t, ice, tableCols)
+		d := diffRows(want, got)
+		if err == nil && d == "" {
+			t.Logf("iceberg: %d rows equal to the source", len(got))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("the Iceberg table differs from the source (%v; - source only, + table only):\n%s", err, d)
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	for _, sink := range []string{"log", "ice"} {
+		if n, err := p.metric("tideline_sink_dlq_records_total", `sink="`+sink+`"`); err == nil && n > 0 {
+			t.Errorf("sink %s sent %v records to its dead-letter topic", sink, n)
+		}
 	}
 	p.term(60 * time.Second)
+}
+
+// icebergRows scans public.accounts from an Iceberg warehouse as
+// snapshotRows prints rows.
+func icebergRows(t *testing.T, cfg icebergsink.Config, cols []string) ([]string, error) {
+	t.Helper()
+	rows, err := icebergsink.ScanRows(context.Background(), cfg, "public", "accounts")
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, r := range rows {
+		parts := make([]string, len(cols))
+		for i, c := range cols {
+			s := "NULL"
+			switch v := r[c].(type) {
+			case nil:
+			case time.Time:
+				s = v.Format("2006-01-02")
+			default:
+				s = fmt.Sprint(v)
+			}
+			parts[i] = c + "=" + s
+		}
+		out = append(out, strings.Join(parts, "|"))
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 // orderedRows is snapshotRows without the sort, deletes compared by op and

@@ -306,15 +306,38 @@ func (s *Sink) storeErr(err error) error {
 	return err
 }
 
+// writerProps are the sink's Parquet writer settings.
+func writerProps(rowGroupRows int64) *pq.WriterProperties {
+	return pq.NewWriterProperties(pq.WithCompression(compress.Codecs.Zstd), pq.WithMaxRowGroupLength(rowGroupRows),
+		pq.WithCreatedBy("tideline"))
+}
+
+// WriteTables writes tables (of one schema) to w as one Parquet file with
+// the sink's writer settings: the bench's baseline, pqarrow alone.
+func WriteTables(w io.Writer, tables []arrow.Table) error {
+	if len(tables) == 0 {
+		return errors.New("no tables")
+	}
+	fw, err := pqarrow.NewFileWriter(tables[0].Schema(), w, writerProps(128<<10), pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema()))
+	if err != nil {
+		return err
+	}
+	for _, t := range tables {
+		if err := fw.WriteTable(t, 128<<10); err != nil {
+			fw.Close()
+			return err
+		}
+	}
+	return fw.Close()
+}
+
 // write writes one Parquet file at key, visible only once complete.
 func (s *Sink) write(ctx context.Context, key string, schema *arrow.Schema, rec arrow.RecordBatch, lastPos []byte) error {
 	w, err := s.store.Create(ctx, key)
 	if err != nil {
 		return s.storeErr(err)
 	}
-	props := pq.NewWriterProperties(pq.WithCompression(compress.Codecs.Zstd), pq.WithMaxRowGroupLength(s.cfg.RowGroupRows),
-		pq.WithCreatedBy("tideline"))
-	fw, err := pqarrow.NewFileWriter(schema, w, props, pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema()))
+	fw, err := pqarrow.NewFileWriter(schema, w, writerProps(s.cfg.RowGroupRows), pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema()))
 	if err == nil {
 		err = fw.Write(rec)
 		if err == nil {
