@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/iceberg-go"
 	"github.com/apache/iceberg-go/catalog"
 	sqlcat "github.com/apache/iceberg-go/catalog/sql"
@@ -31,6 +32,21 @@ func ScanRows(ctx context.Context, cfg Config, namespace, name string) ([]map[st
 		return nil, err
 	}
 	return scanAll(ctx, tbl)
+}
+
+// ScanTable reads the table namespace.name with an iceberg-go scan (its
+// deletes applied) into memory as an Arrow table; the caller releases it.
+func ScanTable(ctx context.Context, cfg Config, namespace, name string) (arrow.Table, error) {
+	cat, closeCat, err := open(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer closeCat()
+	tbl, err := cat.LoadTable(ctx, table.Identifier{namespace, name})
+	if err != nil {
+		return nil, err
+	}
+	return tbl.Scan().ToArrowTable(ctx)
 }
 
 func scanAll(ctx context.Context, tbl *table.Table) ([]map[string]any, error) {
