@@ -285,7 +285,6 @@ func TestLakeSinkKeys(t *testing.T) {
 		"  - name: a\n    type: parquet\n    path: s3://b\n    s3: {endpoint: localhost}\n":               "sinks[0].s3.endpoint",
 		"  - name: a\n    type: parquet\n    path: s3://b\n    s3: {access_key_id: k}\n":                  "go together",
 		"  - name: a\n    type: iceberg\n    warehouse: s3://b/w\n":                                       "sinks[0].catalog: is required with an s3:// warehouse",
-		"  - name: a\n    type: iceberg\n    warehouse: /w\n    compact_every: -1\n":                      "sinks[0].compact_every",
 		"  - name: a\n    type: iceberg\n    catalog: mysql://x/y\n    warehouse: /w\n":                   "a SQLite file path, or a postgres:// URL",
 		"  - name: a\n    type: iceberg\n    catalog: c.db\n    dsn: postgres://x/y\n    warehouse: /w\n": "sinks[0].dsn: is not used by a sink of type iceberg",
 		"  - name: a\n    type: duckdb\n    path: x.duckdb\n    warehouse: /w\n":                          "sinks[0].warehouse: is not used by a sink of type duckdb",

@@ -30,7 +30,7 @@ type Sink struct {
 	// catalog.db in it.
 	Catalog Secret `yaml:"catalog"`
 	// CompactEvery (iceberg) compacts a table after every N commits to it
-	// (0: never; tideline iceberg compact does it by hand).
+	// (default 100; negative: never, tideline iceberg compact does it).
 	CompactEvery int `yaml:"compact_every"`
 	// Warehouse is where Iceberg tables' files go: a directory,
 	// file:///dir or s3://bucket/prefix (iceberg).
@@ -100,6 +100,9 @@ func (s *Sink) defaults(pipeline string) {
 	if s.Group == "" {
 		s.Group = "tideline-" + pipeline + "-" + s.Name
 	}
+	if s.Type == "iceberg" && s.CompactEvery == 0 {
+		s.CompactEvery = 100
+	}
 	if s.TableFormat == "" {
 		switch s.Type {
 		case "mysql":
@@ -132,7 +135,7 @@ var (
 func (s *Sink) set() map[string]bool {
 	return map[string]bool{
 		"dsn": s.DSN != "", "path": s.Path != "", "soft_delete": s.SoftDelete, "keep_open": s.KeepOpen != nil,
-		"catalog": s.Catalog != "", "warehouse": s.Warehouse != "", "s3": s.S3 != nil, "compact_every": s.CompactEvery != 0,
+		"catalog": s.Catalog != "", "warehouse": s.Warehouse != "", "s3": s.S3 != nil, "compact_every": s.CompactEvery != 0 && s.Type != "iceberg",
 	}
 }
 
@@ -207,9 +210,7 @@ func (c *Config) validateSinks() Problems {
 			if err := storeURL(s.Warehouse, true); err != nil {
 				add(p+".warehouse", "%v", err)
 			}
-			if s.CompactEvery < 0 {
-				add(p+".compact_every", "must be 0 (never) or a number of commits")
-			}
+
 		}
 		if s.S3 != nil && !strings.HasPrefix(s.Path, "s3://") && !strings.HasPrefix(s.Warehouse, "s3://") {
 			add(p+".s3", "is only used with an s3:// %s", map[bool]string{true: "warehouse", false: "path"}[s.Type == "iceberg"])

@@ -44,7 +44,7 @@ var SinkTypes = map[string]SinkFactory{
 
 // IcebergConfig is an iceberg sink's settings for sinks/iceberg.
 func IcebergConfig(s *config.Sink) icebergsink.Config {
-	c := icebergsink.Config{Name: s.Name, Catalog: string(s.Catalog), Warehouse: s.Warehouse, SoftDelete: s.SoftDelete, CompactEvery: s.CompactEvery}
+	c := icebergsink.Config{Name: s.Name, Catalog: string(s.Catalog), Warehouse: s.Warehouse, SoftDelete: s.SoftDelete, CompactEvery: max(s.CompactEvery, 0)}
 	if s.S3 != nil {
 		c.S3 = icebergsink.S3Config{Endpoint: s.S3.Endpoint, Region: s.S3.Region, AccessKeyID: s.S3.AccessKeyID,
 			SecretAccessKey: string(s.S3.SecretAccessKey), SessionToken: string(s.S3.SessionToken)}
