@@ -233,7 +233,7 @@ func (h *harness) apply(group string) *observe.Metrics {
 		return err
 	}
 	adm := kadm.NewClient(h.cl)
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(3 * time.Minute)
 	for !h.caughtUp(adm, group) {
 		select {
 		case err := <-done:
@@ -242,7 +242,7 @@ func (h *harness) apply(group string) *observe.Metrics {
 		default:
 		}
 		if time.Now().After(deadline) {
-			h.t.Fatalf("group %s did not catch up within 60s (stop: %v)", group, stop())
+			h.t.Fatalf("group %s did not catch up within 3m (stop: %v)", group, stop())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
