@@ -2,6 +2,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -37,7 +39,7 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(runCmd(), validateCmd(), versionCmd(), duckdbCmd(), statusCmd(), icebergCmd())
+	root.AddCommand(runCmd(), validateCmd(), versionCmd(), duckdbCmd(), statusCmd(), icebergCmd(), previewCmd())
 	return root
 }
 
@@ -137,12 +139,16 @@ func duckdbCmd() *cobra.Command {
 
 func validateCmd() *cobra.Command {
 	var path string
+	var offline bool
 	cmd := &cobra.Command{
 		Use:   "validate",
 		Short: "Check a config file and print every problem with its key path",
-		Args:  cobra.NoArgs,
+		Long: "Check a config file and print every problem with its key path. With CRM sinks (hubspot, salesforce, webhook) it also " +
+			"reads the captured tables' columns from the source database (read-only) and compiles each field mapping against them: " +
+			"an unknown column or a transform on the wrong type is a problem. --offline skips that.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := config.Load(path)
+			cfg, err := config.Load(path)
 			var ps config.Problems
 			if errors.As(err, &ps) {
 				for _, p := range ps {
@@ -153,12 +159,131 @@ func validateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if hasCRM(cfg) && !offline && cfg.HasSource() {
+				samples, err := daemon.Sample(cmd.Context(), cfg, 0)
+				if err != nil {
+					return fmt.Errorf("%s: read the captured tables to check the CRM mappings (--offline skips this): %w", path, err)
+				}
+				if ps := daemon.CheckMappings(cfg, samples); len(ps) > 0 {
+					for _, p := range ps {
+						fmt.Fprintln(cmd.OutOrStdout(), p.String())
+					}
+					return fmt.Errorf("%s: %d problem(s)", path, len(ps))
+				}
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", path)
 			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "tideline.yaml", "config file")
+	cmd.Flags().BoolVar(&offline, "offline", false, "do not read the source's tables (CRM mappings are then checked for syntax only)")
 	return cmd
+}
+
+func hasCRM(cfg *config.Config) bool {
+	for i := range cfg.Sinks {
+		if cfg.Sinks[i].IsCRM() {
+			return true
+		}
+	}
+	return false
+}
+
+func previewCmd() *cobra.Command {
+	var path, sink string
+	var limit int
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "preview --config FILE --sink NAME [--limit N]",
+		Short: "Print exactly what a CRM sink would send for current source rows, without sending anything",
+		Long: "Read up to --limit current rows of each table the sink applies from the source database (read-only), map them as the " +
+			"sink does, batch them, and print the requests it would send (method, URL, headers without credentials, JSON body). " +
+			"Nothing is sent.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			if !cfg.HasSource() {
+				return fmt.Errorf("%s has no source to read rows from", path)
+			}
+			samples, err := daemon.Sample(cmd.Context(), cfg, limit)
+			if err != nil {
+				return err
+			}
+			if ps := daemon.CheckMappings(cfg, samples); len(ps) > 0 {
+				return ps
+			}
+			tables, err := daemon.Preview(cmd.Context(), cfg, sink, samples)
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			if asJSON {
+				type request struct {
+					Method string              `json:"method"`
+					URL    string              `json:"url"`
+					Header map[string][]string `json:"header,omitempty"`
+					Body   json.RawMessage     `json:"body,omitempty"`
+					Note   string              `json:"note,omitempty"`
+				}
+				type table struct {
+					Table    string    `json:"table"`
+					Rows     int       `json:"rows"`
+					Requests []request `json:"requests"`
+				}
+				out := make([]table, 0, len(tables))
+				for _, t := range tables {
+					tt := table{Table: t.Table, Rows: t.Rows, Requests: []request{}}
+					for _, r := range t.Requests {
+						tt.Requests = append(tt.Requests, request{Method: r.Method, URL: r.URL, Header: r.Header, Body: r.Body, Note: r.Note})
+					}
+					out = append(out, tt)
+				}
+				enc := json.NewEncoder(w)
+				enc.SetIndent("", "  ")
+				return enc.Encode(out)
+			}
+			for _, t := range tables {
+				fmt.Fprintf(w, "# %s: %d rows -> %d requests\n", t.Table, t.Rows, len(t.Requests))
+				for _, r := range t.Requests {
+					fmt.Fprintf(w, "\n%s %s\n", r.Method, r.URL)
+					for _, k := range sortedKeys(r.Header) {
+						fmt.Fprintf(w, "%s: %s\n", k, strings.Join(r.Header[k], ", "))
+					}
+					if len(r.Body) > 0 {
+						var pretty bytes.Buffer
+						if json.Indent(&pretty, r.Body, "", "  ") == nil {
+							fmt.Fprintf(w, "\n%s\n", pretty.String())
+						} else {
+							fmt.Fprintf(w, "\n%s\n", r.Body)
+						}
+					}
+					if r.Note != "" {
+						fmt.Fprintf(w, "(%s)\n", r.Note)
+					}
+				}
+				fmt.Fprintln(w)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "tideline.yaml", "config file")
+	cmd.Flags().StringVar(&sink, "sink", "", "the CRM sink's name")
+	cmd.Flags().IntVar(&limit, "limit", 10, "rows read from each table")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the requests as JSON")
+	_ = cmd.MarkFlagRequired("sink")
+	return cmd
+}
+
+func sortedKeys(h map[string][]string) []string {
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 func versionCmd() *cobra.Command {

@@ -85,8 +85,10 @@ func decode(ctx context.Context, r *kgo.Record, shape ShapeFunc, scratch []field
 // folder folds one topic's events per key, in log order; for a change-log
 // sink (history) it keeps every event as its own row instead.
 type folder struct {
-	topic    string
-	history  bool
+	topic   string
+	history bool
+	// before keeps a delete's whole before image (BeforeImages).
+	before   bool
 	shapes   []*change.Table // every shape seen, oldest first
 	rows     map[string]*folded
 	order    []*folded // first-seen order
@@ -107,8 +109,8 @@ type folded struct {
 	records []*kgo.Record
 }
 
-func newFolder(topic string, history bool) *folder {
-	return &folder{topic: topic, history: history, rows: map[string]*folded{}}
+func newFolder(topic string, history, before bool) *folder {
+	return &folder{topic: topic, history: history, before: before || history, rows: map[string]*folded{}}
 }
 
 func (f *folder) add(ev *event) {
@@ -233,7 +235,7 @@ func (f *folder) batch() *TableBatch {
 		row := Row{Op: r.op, Key: r.key, Order: r.order, TsMs: r.tsMs, TxID: r.txID, Values: values[n*len(cols) : (n+1)*len(cols) : (n+1)*len(cols)], Records: r.records}
 		for _, fl := range r.fields {
 			i, ok := index[string(fl.name)]
-			if !ok || (r.op == change.OpDelete && !cols[i].Key && !f.history) {
+			if !ok || (r.op == change.OpDelete && !cols[i].Key && !f.before) {
 				continue // a delete only needs to find the row
 			}
 			row.Values[i] = fl.raw

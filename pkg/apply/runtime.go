@@ -69,8 +69,9 @@ type Runtime struct {
 	sink Sink
 	d    Deps
 	log  *zap.Logger
-	// history: the sink is a ChangeLog; batches are not folded.
-	history bool
+	// history: the sink is a ChangeLog; batches are not folded. before:
+	// deletes keep their whole before image (BeforeImages).
+	history, before bool
 
 	batches, retries prometheus.Counter
 	applyLat, e2e    prometheus.Observer
@@ -126,7 +127,8 @@ func (r *Runtime) failing(err error) {
 // New returns a runtime for sink.
 func New(cfg Config, sink Sink, d Deps) *Runtime {
 	_, history := sink.(ChangeLog)
-	return &Runtime{cfg: cfg, sink: sink, d: d, log: d.Log, history: history, up: d.Metrics.SinkUp.WithLabelValues(cfg.Sink),
+	_, before := sink.(BeforeImages)
+	return &Runtime{cfg: cfg, sink: sink, d: d, log: d.Log, history: history, before: before, up: d.Metrics.SinkUp.WithLabelValues(cfg.Sink),
 		batches:  d.Metrics.SinkBatches.WithLabelValues(cfg.Sink),
 		retries:  d.Metrics.SinkRetries.WithLabelValues(cfg.Sink),
 		applyLat: d.Metrics.SinkApply.WithLabelValues(cfg.Sink),
@@ -429,7 +431,7 @@ func (r *Runtime) prepare(ctx context.Context, recs []*kgo.Record) (*prepared, e
 		}
 		f := w.folders[rec.Topic]
 		if f == nil {
-			f = newFolder(rec.Topic, r.history)
+			f = newFolder(rec.Topic, r.history, r.before)
 			w.folders[rec.Topic] = f
 			w.topics = append(w.topics, rec.Topic)
 		}
@@ -552,12 +554,29 @@ func (r *Runtime) applyTable(ctx context.Context, tb *TableBatch) ([]rejected, e
 		err := r.retry(ctx, "apply", []zap.Field{zap.String("topic", tb.Topic), zap.Int("rows", len(tb.Rows))},
 			func() error { return r.sink.Apply(ctx, tb) }, IsPermanent)
 		var rowErr *RowError
+		var rowErrs RowErrors
 		var all *RejectError
 		switch {
 		case err == nil:
 			return out, nil
 		case !IsPermanent(err):
 			return nil, err // ctx done
+		case errors.As(err, &rowErrs) && validRows(rowErrs, len(tb.Rows)):
+			bad := make(map[int]bool, len(rowErrs))
+			for _, re := range rowErrs {
+				if !bad[re.Index] {
+					bad[re.Index] = true
+					out = append(out, rejectRow(tb.Rows[re.Index], re)...)
+				}
+			}
+			rest := *tb
+			rest.Rows = make([]Row, 0, len(tb.Rows)-len(bad))
+			for i, row := range tb.Rows {
+				if !bad[i] {
+					rest.Rows = append(rest.Rows, row)
+				}
+			}
+			tb = &rest
 		case errors.As(err, &all):
 			for _, row := range tb.Rows {
 				out = append(out, rejectRow(row, err)...)
@@ -593,6 +612,16 @@ func (r *Runtime) applyTable(ctx context.Context, tb *TableBatch) ([]rejected, e
 		}
 	}
 	return out, nil
+}
+
+// validRows reports whether every index of errs is a row of a batch of n.
+func validRows(errs RowErrors, n int) bool {
+	for _, e := range errs {
+		if e == nil || e.Index < 0 || e.Index >= n {
+			return false
+		}
+	}
+	return len(errs) > 0
 }
 
 func rejectRow(row Row, err error) []rejected {

@@ -27,8 +27,9 @@ type Sink interface {
 	// A returned error is transient (retried with backoff, without limit)
 	// unless it is marked Permanent (the runtime then splits the batch to
 	// find the rows at fault and sends them to the dead-letter topic) or
-	// is a *RowError (that row goes to the dead-letter topic at once and
-	// the rest is retried). On cancellation Apply returns ctx.Err().
+	// is a *RowError or RowErrors (those rows go to the dead-letter topic
+	// at once and the rest is retried). On cancellation Apply returns
+	// ctx.Err().
 	Apply(ctx context.Context, b *TableBatch) error
 
 	// Close releases the sink's connections. It is called once, after the
@@ -46,6 +47,17 @@ type ChangeLog interface {
 	Sink
 	// KeepsEveryChange marks the sink; it is never called.
 	KeepsEveryChange()
+}
+
+// BeforeImages is a Sink that needs a delete's whole before image, not
+// only its key columns (a CRM sink that finds the record to archive by
+// an e-mail address). The source sends the whole image only when the
+// table's replica identity is FULL (PostgreSQL); MySQL's binlog always
+// does.
+type BeforeImages interface {
+	Sink
+	// WantsBeforeImages marks the sink; it is never called.
+	WantsBeforeImages()
 }
 
 // TableBatch is the changes of one table since the last batch, folded per
@@ -85,7 +97,8 @@ type Row struct {
 	// Kafka record's value.
 	TxID []byte
 	// Values are aligned with TableBatch.Table.Columns: the after image,
-	// or the before image for a delete (only its key columns). A nil entry
+	// or the before image for a delete (only its key columns, unless the
+	// sink is a ChangeLog or BeforeImages). A nil entry
 	// (a column the change's shape did not have) or the unavailable marker
 	// (IsUnavailable: an unchanged TOASTed value) means absent: the target
 	// keeps what it has. JSON null is SQL NULL.
@@ -111,12 +124,13 @@ func (p permanentError) Error() string { return p.err.Error() }
 func (p permanentError) Unwrap() error { return p.err }
 
 // IsPermanent reports whether err is marked Permanent, Reject or is a
-// RowError.
+// RowError or RowErrors.
 func IsPermanent(err error) bool {
 	var p permanentError
 	var r *RowError
+	var rs RowErrors
 	var a *RejectError
-	return errors.As(err, &p) || errors.As(err, &r) || errors.As(err, &a)
+	return errors.As(err, &p) || errors.As(err, &r) || (errors.As(err, &rs) && len(rs) > 0) || errors.As(err, &a)
 }
 
 // Reject marks err as the reason every row of the batch is rejected (a
@@ -139,3 +153,18 @@ type RowError struct {
 
 func (e *RowError) Error() string { return fmt.Sprintf("row %d: %v", e.Index, e.Err) }
 func (e *RowError) Unwrap() error { return e.Err }
+
+// RowErrors rejects several rows of a batch at once (an API's per-record
+// results): each goes to the dead-letter topic with its own error, and the
+// rest of the batch is applied again.
+type RowErrors []*RowError
+
+func (e RowErrors) Error() string {
+	switch len(e) {
+	case 0:
+		return "no rows rejected"
+	case 1:
+		return e[0].Error()
+	}
+	return fmt.Sprintf("%v (and %d more rows)", e[0], len(e)-1)
+}

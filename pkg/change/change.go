@@ -233,3 +233,10 @@ func (b *Batch) Reset() {
 	b.Checkpoint = ""
 	b.CommitMicros = 0
 }
+
+// Sample is a table's shape and some of its current rows, converted as a
+// snapshot converts them (tideline preview and validate read them).
+type Sample struct {
+	Table *Table
+	Rows  [][]Value
+}

@@ -121,13 +121,8 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			d.add(path, "must be a mapping of keys")
 			return
 		}
-		fields := map[string]int{}
-		t := v.Type()
-		for i := 0; i < t.NumField(); i++ {
-			if tag := strings.Split(t.Field(i).Tag.Get("yaml"), ",")[0]; tag != "" {
-				fields[tag] = i
-			}
-		}
+		fields := map[string][]int{}
+		yamlFields(v.Type(), nil, fields)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			key := n.Content[i].Value
 			idx, ok := fields[key]
@@ -135,7 +130,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 				d.add(join(path, key), "unknown key%s", suggest(key, fields))
 				continue
 			}
-			d.decode(n.Content[i+1], v.Field(idx), join(path, key))
+			d.decode(n.Content[i+1], v.FieldByIndex(idx), join(path, key))
 		}
 	case reflect.Pointer:
 		nv := reflect.New(v.Type().Elem())
@@ -178,6 +173,21 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	}
 }
 
+// yamlFields maps the YAML keys of struct t to their field indexes,
+// following `yaml:",inline"` structs.
+func yamlFields(t reflect.Type, prefix []int, out map[string][]int) {
+	for i := 0; i < t.NumField(); i++ {
+		name, opts, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		idx := append(append([]int(nil), prefix...), i)
+		switch {
+		case opts == "inline" && t.Field(i).Type.Kind() == reflect.Struct:
+			yamlFields(t.Field(i).Type, idx, out)
+		case name != "":
+			out[name] = idx
+		}
+	}
+}
+
 func kindName(k yaml.Kind) string {
 	switch k {
 	case yaml.MappingNode:
@@ -189,7 +199,7 @@ func kindName(k yaml.Kind) string {
 }
 
 // suggest names the known key closest to key, if one is close.
-func suggest(key string, fields map[string]int) string {
+func suggest(key string, fields map[string][]int) string {
 	best, bestD := "", 3
 	names := make([]string, 0, len(fields))
 	for f := range fields {

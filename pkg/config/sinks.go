@@ -44,6 +44,9 @@ type Sink struct {
 	// KeepOpen (duckdb) holds the file open between batches.
 	KeepOpen *bool `yaml:"keep_open"`
 
+	// The CRM sinks (hubspot, salesforce, webhook): see crm.go.
+	CRM `yaml:",inline"`
+
 	// BatchRecords, BatchBytes and Linger bound one batch.
 	BatchRecords int           `yaml:"batch_records"`
 	BatchBytes   ByteSize      `yaml:"batch_bytes"`
@@ -74,6 +77,10 @@ var SinkTypes = map[string][]string{
 	"duckdb":   {"path", "table_format", "soft_delete", "keep_open"},
 	"parquet":  {"path", "s3"},
 	"iceberg":  {"catalog", "warehouse", "s3", "soft_delete", "compact_every"},
+	"hubspot":  append([]string{"url", "token", "batch_size", "rate_per_second"}, mappingKeys...),
+	"salesforce": append([]string{"instance_url", "api_version", "batch_size", "rate_per_second", "token", "token_url",
+		"client_id", "client_secret", "username", "private_key", "audience"}, mappingKeys...),
+	"webhook": append([]string{"url", "secret", "headers", "batch_size", "rate_per_second"}, mappingKeys...),
 }
 
 // KeepOpenOn reports whether a DuckDB sink holds its file open.
@@ -136,6 +143,12 @@ func (s *Sink) set() map[string]bool {
 	return map[string]bool{
 		"dsn": s.DSN != "", "path": s.Path != "", "soft_delete": s.SoftDelete, "keep_open": s.KeepOpen != nil,
 		"catalog": s.Catalog != "", "warehouse": s.Warehouse != "", "s3": s.S3 != nil, "compact_every": s.CompactEvery != 0 && s.Type != "iceberg",
+		"url": s.URL != "", "token": s.Token != "", "object": s.Object != "", "id_property": s.IDProperty != "",
+		"fields": len(s.Fields) > 0, "where": s.Where != "", "on_delete": s.OnDelete != "", "batch_size": s.BatchSize != 0,
+		"rate_per_second": s.RatePerSecond != 0, "secret": s.Secret != "", "headers": len(s.Headers) > 0,
+		"instance_url": s.InstanceURL != "", "api_version": s.APIVersion != "", "token_url": s.TokenURL != "",
+		"client_id": s.ClientID != "", "client_secret": s.ClientSecret != "", "username": s.Username != "",
+		"private_key": s.PrivateKey != "", "audience": s.Audience != "",
 	}
 }
 
@@ -211,6 +224,9 @@ func (c *Config) validateSinks() Problems {
 				add(p+".warehouse", "%v", err)
 			}
 
+		}
+		for _, pr := range s.crmProblems() {
+			add(p+"."+pr.Key, "%s", pr.Msg)
 		}
 		if s.S3 != nil && !strings.HasPrefix(s.Path, "s3://") && !strings.HasPrefix(s.Warehouse, "s3://") {
 			add(p+".s3", "is only used with an s3:// %s", map[bool]string{true: "warehouse", false: "path"}[s.Type == "iceberg"])

@@ -8,6 +8,9 @@ import (
 	"github.com/tideline-cdc/tideline/pkg/apply"
 	"github.com/tideline-cdc/tideline/pkg/config"
 	"github.com/tideline-cdc/tideline/pkg/objstore"
+	"github.com/tideline-cdc/tideline/sinks/crm/hubspot"
+	"github.com/tideline-cdc/tideline/sinks/crm/salesforce"
+	"github.com/tideline-cdc/tideline/sinks/crm/webhook"
 	icebergsink "github.com/tideline-cdc/tideline/sinks/iceberg"
 	"github.com/tideline-cdc/tideline/sinks/parquet"
 	sqlsink "github.com/tideline-cdc/tideline/sinks/sql"
@@ -33,6 +36,15 @@ var SinkTypes = map[string]SinkFactory{
 	},
 	"duckdb": func(ctx context.Context, d SinkDeps) (apply.Sink, error) {
 		return sqlsink.NewDuckDB(ctx, warehouse(d.Sink), d.Log)
+	},
+	"hubspot": func(ctx context.Context, d SinkDeps) (apply.Sink, error) {
+		return hubspot.New(d.Sink.HubSpot(), d.Log)
+	},
+	"salesforce": func(ctx context.Context, d SinkDeps) (apply.Sink, error) {
+		return salesforce.New(d.Sink.Salesforce(), d.Log)
+	},
+	"webhook": func(ctx context.Context, d SinkDeps) (apply.Sink, error) {
+		return webhook.New(d.Sink.Webhook(), d.Log)
 	},
 	"iceberg": func(ctx context.Context, d SinkDeps) (apply.Sink, error) {
 		return icebergsink.New(ctx, IcebergConfig(d.Sink), d.Log)

@@ -484,3 +484,58 @@ func (s *Source) snapshot(ctx context.Context, ep endpoint, h capture.Handler, n
 	s.log.Info("initial snapshot delivered", zap.Int64("rows", total), zap.Int("tables", len(tables)))
 	return pos, tables, nil
 }
+
+// Sample reads the shape and up to limit rows of every table cfg
+// captures (cfg.DSN, cfg.Tables, cfg.TopicPrefix), converted as the
+// snapshot converts them. It takes no lock and changes nothing on the
+// server.
+func Sample(ctx context.Context, cfg Config, limit int) ([]change.Sample, error) {
+	ep, err := parseDSN(cfg.DSN)
+	if err != nil {
+		return nil, err
+	}
+	s := &Source{cfg: cfg}
+	s.connected.Store(true) // errors are returned, not fatal
+	conn, err := s.connect(ctx, ep)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	names, err := resolveTables(conn, cfg.Tables, nil)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]change.Sample, 0, len(names))
+	for _, name := range names {
+		tab, err := loadTable(conn, name, cfg.TopicPrefix)
+		if err != nil {
+			return nil, err
+		}
+		db, t, _ := strings.Cut(name, ".")
+		smp := change.Sample{Table: tab.t}
+		var res gmysql.Result
+		err = conn.ExecuteSelectStreaming(fmt.Sprintf("SELECT * FROM `%s`.`%s` LIMIT %d", strings.ReplaceAll(db, "`", "``"), strings.ReplaceAll(t, "`", "``"), max(limit, 0)), &res,
+			func(row []gmysql.FieldValue) error {
+				vals := make([]change.Value, 0, len(row))
+				for i := range row {
+					v := row[i].Value()
+					if v == nil {
+						vals = append(vals, change.Value{})
+						continue
+					}
+					b, err := appendValue(nil, &tab.cols[i], v, false)
+					if err != nil {
+						return fmt.Errorf("table %s column %s (%s): cannot convert the value: %w", name, tab.cols[i].name, tab.cols[i].colType, err)
+					}
+					vals = append(vals, change.Value{Kind: change.Present, JSON: b})
+				}
+				smp.Rows = append(smp.Rows, vals)
+				return nil
+			}, nil)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", name, err)
+		}
+		out = append(out, smp)
+	}
+	return out, nil
+}

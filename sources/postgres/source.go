@@ -906,6 +906,90 @@ func (s *Source) snapshot(ctx context.Context, h capture.Handler, tt *types, tab
 	return total, nil
 }
 
+// describe returns the shape of table t from a query's result columns
+// (on conn, whose result is still open) and its key columns, and the
+// converters of its values. tt must use another connection.
+func describe(ctx context.Context, conn *pgx.Conn, tt *types, t tableRef, keys map[string]bool, fds []pgconn.FieldDescription, topicPrefix string) (*relation, error) {
+	tab := &change.Table{
+		Database: conn.Config().Database, Schema: t.schema, Name: t.name,
+		Topic:   topicPrefix + "." + t.schema + "." + t.name,
+		Columns: make([]change.Column, len(fds)),
+	}
+	rel := &relation{table: tab, convs: make([]conv, len(fds))}
+	for i, fd := range fds {
+		ti, err := tt.lookup(ctx, fd.DataTypeOID)
+		if err != nil {
+			return nil, err
+		}
+		tab.Columns[i] = change.Column{Name: fd.Name, Type: ti.typeName(fd.TypeModifier), Logical: ti.logical, Key: keys[fd.Name]}
+		tab.HasKey = tab.HasKey || keys[fd.Name]
+		rel.convs[i] = ti.conv
+	}
+	return rel, nil
+}
+
+// Sample reads the shape and up to limit rows of every table cfg
+// captures (cfg.DSN, cfg.Tables, cfg.TopicPrefix), converted as the
+// snapshot converts them, in one read-only transaction. It changes
+// nothing on the server.
+func Sample(ctx context.Context, cfg Config, limit int) ([]change.Sample, error) {
+	conn, err := connect(ctx, cfg.DSN)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.Background())
+	meta, err := connect(ctx, cfg.DSN) // types and keys, while conn streams rows
+	if err != nil {
+		return nil, err
+	}
+	defer meta.Close(context.Background())
+	tables, err := resolveTables(ctx, meta, cfg.Tables)
+	if err != nil {
+		return nil, err
+	}
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck // read-only
+	tt := newTypes(meta)
+	out := make([]change.Sample, 0, len(tables))
+	for _, t := range tables {
+		keys, err := keyColumns(ctx, meta, t.oid)
+		if err != nil {
+			return nil, err
+		}
+		rr := conn.PgConn().ExecParams(ctx, "SELECT * FROM "+t.qualified()+" LIMIT "+strconv.Itoa(max(limit, 0)), nil, nil, nil, []int16{0})
+		rel, err := describe(ctx, conn, tt, t, keys, rr.FieldDescriptions(), cfg.TopicPrefix)
+		if err != nil {
+			rr.Close()
+			return nil, fmt.Errorf("table %s: %w", t, err)
+		}
+		smp := change.Sample{Table: rel.table}
+		for rr.NextRow() {
+			row := make([]change.Value, 0, len(rel.convs))
+			for i, v := range rr.Values() {
+				if v == nil {
+					row = append(row, change.Value{})
+					continue
+				}
+				b, err := rel.convs[i](nil, v)
+				if err != nil {
+					rr.Close()
+					return nil, fmt.Errorf("table %s column %s: cannot convert the value: %w", t, rel.table.Columns[i].Name, err)
+				}
+				row = append(row, change.Value{Kind: change.Present, JSON: b})
+			}
+			smp.Rows = append(smp.Rows, row)
+		}
+		if _, err := rr.Close(); err != nil {
+			return nil, fmt.Errorf("table %s: %w", t, err)
+		}
+		out = append(out, smp)
+	}
+	return out, nil
+}
+
 func (st *stream) snapshotTable(ctx context.Context, conn *pgx.Conn, t tableRef, lsn pglogrepl.LSN) (int64, error) {
 	keys, err := keyColumns(ctx, conn, t.oid)
 	if err != nil {
@@ -913,23 +997,12 @@ func (st *stream) snapshotTable(ctx context.Context, conn *pgx.Conn, t tableRef,
 	}
 	// Text results, so values convert exactly as the stream's do.
 	rr := conn.PgConn().ExecParams(ctx, "SELECT * FROM "+t.qualified(), nil, nil, nil, []int16{0})
-	fds := rr.FieldDescriptions()
-	tab := &change.Table{
-		Database: conn.Config().Database, Schema: t.schema, Name: t.name,
-		Topic:   st.s.cfg.TopicPrefix + "." + t.schema + "." + t.name,
-		Columns: make([]change.Column, len(fds)),
+	rel, err := describe(ctx, conn, st.types, t, keys, rr.FieldDescriptions(), st.s.cfg.TopicPrefix)
+	if err != nil {
+		rr.Close()
+		return 0, err
 	}
-	rel := &relation{table: tab, convs: make([]conv, len(fds))}
-	for i, fd := range fds {
-		ti, err := st.types.lookup(ctx, fd.DataTypeOID)
-		if err != nil {
-			rr.Close()
-			return 0, err
-		}
-		tab.Columns[i] = change.Column{Name: fd.Name, Type: ti.typeName(fd.TypeModifier), Logical: ti.logical, Key: keys[fd.Name]}
-		tab.HasKey = tab.HasKey || keys[fd.Name]
-		rel.convs[i] = ti.conv
-	}
+	tab := rel.table
 	var counter prometheus.Counter
 	if st.s.gauges.SnapshotRows != nil {
 		counter = st.s.gauges.SnapshotRows(t.String())
