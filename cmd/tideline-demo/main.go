@@ -82,6 +82,10 @@ type flags struct {
 	kafka  string // embedded broker listen address
 	http   string // metrics and health listen address
 	rate   int    // workload transactions per second
+	// webhook runs a webhook sink (customers, mapped) against a receiver the demo starts, which
+	// prints what arrives to out (stdout when nil).
+	webhook bool
+	out     io.Writer
 }
 
 // database returns the database f.source names.
@@ -107,6 +111,7 @@ type started struct {
 	brokers  []string // the embedded broker's address
 	duckdb   string   // the DuckDB warehouse file the demo's sink writes
 	lake     string   // the folder of the Parquet change log the demo's other sink writes
+	hook     *receiver // the webhook receiver, nil without -webhook
 }
 
 func main() {
@@ -115,6 +120,7 @@ func main() {
 	flag.StringVar(&f.kafka, "kafka", "127.0.0.1:9092", "listen address of the embedded Kafka broker")
 	flag.StringVar(&f.http, "http", "127.0.0.1:8080", "listen address of /metrics, /healthz and /readyz")
 	flag.IntVar(&f.rate, "rate", 20, "workload transactions per second (0: no workload, only the snapshot)")
+	flag.BoolVar(&f.webhook, "webhook", false, "also run a webhook sink (customers, mapped to contacts) against a local receiver that prints what arrives")
 	flag.Parse()
 	if _, err := f.database(); err != nil || flag.NArg() > 0 || f.rate < 0 {
 		if err != nil {
@@ -199,7 +205,14 @@ func run(ctx context.Context, f flags, log *zap.Logger, onStart func(started)) e
 	log.Info("created the shop schema with seed rows", zap.Strings("tables", db.tables))
 
 	warehouse, lake := filepath.Join(tmp, "warehouse.duckdb"), filepath.Join(tmp, "lake")
-	cfg, err := demoConfig(f, db, srv.dsn(), filepath.Join(tmp, "kafka"), warehouse, lake)
+	var hook *receiver
+	if f.webhook {
+		if hook, err = startReceiver(f.out); err != nil {
+			return err
+		}
+		defer hook.Close()
+	}
+	cfg, err := demoConfig(f, db, srv.dsn(), filepath.Join(tmp, "kafka"), warehouse, lake, hook)
 	if err != nil {
 		return err
 	}
@@ -211,7 +224,7 @@ func run(ctx context.Context, f flags, log *zap.Logger, onStart func(started)) e
 	g.Go(func() error {
 		return daemon.Run(gctx, cfg, log, daemon.Options{
 			Started: func(httpAddr string, brokers []string) {
-				onStart(started{db: db, dsn: srv.dsn(), shell: srv.shell(), dbDir: srv.dir(), tmp: tmp, httpAddr: httpAddr, brokers: brokers, duckdb: warehouse, lake: lake})
+				onStart(started{db: db, dsn: srv.dsn(), shell: srv.shell(), dbDir: srv.dir(), tmp: tmp, httpAddr: httpAddr, brokers: brokers, duckdb: warehouse, lake: lake, hook: hook})
 			},
 		})
 	})
@@ -228,7 +241,7 @@ func run(ctx context.Context, f flags, log *zap.Logger, onStart func(started)) e
 // validation.
 // Besides the capture, it runs a DuckDB warehouse sink that mirrors every table into one file,
 // and a Parquet sink that writes every change to a change log in the folder lake.
-func demoConfig(f flags, db *database, dsn, kafkaDir, warehouse, lake string) (*config.Config, error) {
+func demoConfig(f flags, db *database, dsn, kafkaDir, warehouse, lake string, hook *receiver) (*config.Config, error) {
 	keepOpen := false // so that tideline duckdb can read the file between batches
 	cfg := &config.Config{
 		Name: name,
@@ -251,6 +264,12 @@ func demoConfig(f flags, db *database, dsn, kafkaDir, warehouse, lake string) (*
 		},
 		HTTP: config.HTTP{Listen: f.http},
 		Log:  config.Log{Level: "info", Format: "console"},
+	}
+	if hook != nil {
+		cfg.Sinks = append(cfg.Sinks, config.Sink{Name: "crm", Type: "webhook", Tables: db.tables[:1], Linger: time.Second,
+			CRM: config.CRM{URL: hook.URL, Secret: config.Secret(hook.secret), Object: "contacts", IDProperty: "email",
+				Fields: map[string]string{"email": "lower(trim(email))", "full_name": "name", "country": "upper(country)", "customer_ref": `hash(concat("shop-", id))`},
+				Where: `email != nil`, OnDelete: "archive"}})
 	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
@@ -303,7 +322,11 @@ func printBanner(w io.Writer, f flags, s started) {
 	fmt.Fprintf(&b, "  Warehouse    %s (DuckDB, written by the sink \"warehouse\" every second)\n", s.duckdb)
 	fmt.Fprintf(&b, "  Query it     %s\n", duckdbQuery(s))
 	fmt.Fprintf(&b, "  Change log   %s (Parquet, every change, written by the sink \"history\" every 5 seconds)\n", s.lake)
-	fmt.Fprintf(&b, "  Query it     %s\n\n", parquetQuery(s))
+	fmt.Fprintf(&b, "  Query it     %s\n", parquetQuery(s))
+	if s.hook != nil {
+		fmt.Fprintf(&b, "  Webhook      %s receives the customers, mapped to contacts (sink \"crm\"); each batch is printed below\n", s.hook.URL)
+	}
+	fmt.Fprintln(&b)
 	if s.httpAddr != "" {
 		fmt.Fprintf(&b, "  Metrics      http://%s/metrics   (try: curl -s http://%s/metrics | grep tideline_events_total)\n", s.httpAddr, s.httpAddr)
 		fmt.Fprintf(&b, "  Ready        http://%s/readyz\n", s.httpAddr)

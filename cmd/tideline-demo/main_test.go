@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -37,7 +38,8 @@ func TestDemoMySQL(t *testing.T) {
 // testDemo runs the demo on source and checks it; customers and orders are the topics it must
 // name and fill, orderInserts the metric line counting order inserts.
 func testDemo(t *testing.T, source, customers, orders, orderInserts string) {
-	f := flags{source: source, kafka: "127.0.0.1:0", http: "127.0.0.1:0", rate: 50}
+	hookOut := &lockedBuffer{}
+	f := flags{source: source, kafka: "127.0.0.1:0", http: "127.0.0.1:0", rate: 50, webhook: true, out: hookOut}
 	db, err := f.database()
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +67,7 @@ func testDemo(t *testing.T, source, customers, orders, orderInserts string) {
 		"kcat -b " + s.brokers[0] + " -C -t " + customers + " -f '%k %s\\n'",
 		"apt-get install kcat",
 		"http://" + s.httpAddr + "/metrics", "http://" + s.httpAddr + "/readyz",
-		"Ctrl-C to stop", duckdbQuery(s), parquetQuery(s),
+		"Ctrl-C to stop", duckdbQuery(s), parquetQuery(s), "Webhook      " + s.hook.URL,
 	} {
 		if !strings.Contains(banner.String(), want) {
 			t.Errorf("banner lacks %q:\n%s", want, banner.String())
@@ -164,6 +166,18 @@ func testDemo(t *testing.T, source, customers, orders, orderInserts string) {
 		}
 		time.Sleep(time.Second)
 	}
+	// The webhook receiver got signed batches of mapped customers (it answers 401 to a bad
+	// signature, which the sink would retry: records arriving prove the signature).
+	deadline = time.Now().Add(time.Minute)
+	for s.hook.records.Load() == 0 || !strings.Contains(hookOut.String(), "upsert customer") {
+		if time.Now().After(deadline) {
+			t.Fatalf("webhook receiver after 1m: %d records:\n%s", s.hook.records.Load(), hookOut.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if out := hookOut.String(); !strings.Contains(out, "signature ok") || !strings.Contains(out, `"customer_ref":`) {
+		t.Errorf("webhook receiver printed:\n%s", out)
+	}
 	if body := get(t, "http://"+s.httpAddr+"/metrics"); !strings.Contains(body, `tideline_sink_rows_total{op="r",sink="warehouse"`) {
 		t.Errorf("/metrics does not count the warehouse's rows")
 	}
@@ -222,4 +236,22 @@ func get(t *testing.T, url string) string {
 		t.Fatalf("GET %s: %v", url, err)
 	}
 	return string(b)
+}
+
+// lockedBuffer is a bytes.Buffer safe for one writer and one reader.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
