@@ -103,14 +103,14 @@ func (f flags) database() (*database, error) {
 // started is what a running demo tells its user.
 type started struct {
 	db       *database
-	dsn      string   // the database server's DSN, as the daemon uses it
-	shell    string   // a command that opens a SQL shell on it
-	dbDir    string   // its directory, removed on exit
-	tmp      string   // the demo's temp dir (the broker's data), removed on exit
-	httpAddr string   // the bound metrics and health address, "" when off
-	brokers  []string // the embedded broker's address
-	duckdb   string   // the DuckDB warehouse file the demo's sink writes
-	lake     string   // the folder of the Parquet change log the demo's other sink writes
+	dsn      string    // the database server's DSN, as the daemon uses it
+	shell    string    // a command that opens a SQL shell on it
+	dbDir    string    // its directory, removed on exit
+	tmp      string    // the demo's temp dir (the broker's data), removed on exit
+	httpAddr string    // the bound metrics and health address, "" when off
+	brokers  []string  // the embedded broker's address
+	duckdb   string    // the DuckDB warehouse file the demo's sink writes
+	lake     string    // the folder of the Parquet change log the demo's other sink writes
 	hook     *receiver // the webhook receiver, nil without -webhook
 }
 
@@ -269,7 +269,7 @@ func demoConfig(f flags, db *database, dsn, kafkaDir, warehouse, lake string, ho
 		cfg.Sinks = append(cfg.Sinks, config.Sink{Name: "crm", Type: "webhook", Tables: db.tables[:1], Linger: time.Second,
 			CRM: config.CRM{URL: hook.URL, Secret: config.Secret(hook.secret), Object: "contacts", IDProperty: "email",
 				Fields: map[string]string{"email": "lower(trim(email))", "full_name": "name", "country": "upper(country)", "customer_ref": `hash(concat("shop-", id))`},
-				Where: `email != nil`, OnDelete: "archive"}})
+				Where:  `email != nil`, OnDelete: "archive"}})
 	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
