@@ -78,6 +78,7 @@ func main() {
 	flag.IntVar(&o.mysqlSingle, "mysql-single", defaultMySQLSingle, "workload M-B: single-row transactions on MariaDB (0 skips it)")
 	flag.IntVar(&o.sinkRows, "sink-rows", 1_000_000, "workload S: changes applied by each sink (4/5 inserts, 1/5 updates; 0 skips it)")
 	flag.StringVar(&o.sinkTargets, "sink-targets", strings.Join(sinkTargets, ","), "workload S: the targets, comma-separated (its MariaDB is its own: -skip-mysql does not skip it)")
+	flag.IntVar(&sinkBatchRecords, "sink-batch-records", 0, "workload S: batch_records of the warehouse sinks (0: the config's default)")
 	flag.StringVar(&o.latencyCSV, "latency-csv", "", "write every latency sample (commit time, latency) to this CSV file")
 	flag.Parse()
 	if o.rounds < 1 || o.txSize < 1 || o.genConns < 1 || o.rate < 1 || o.latWorkers < 1 || o.duration <= o.warmup {

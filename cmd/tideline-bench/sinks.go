@@ -166,10 +166,20 @@ func sinkTable() *change.Table {
 	}}
 }
 
+// sinkBatchRecords, when above 0, replaces the warehouse sinks' default
+// batch_records (-sink-batch-records), to measure other defaults; the
+// report shows the value used.
+var sinkBatchRecords int
+
 // sinkSettings returns a sink's settings with the config's defaults (batch
 // records, bytes and linger), so the bench follows them.
 func sinkSettings(typ string) config.Sink {
-	c := &config.Config{Name: sinkPrefix, Sinks: []config.Sink{{Name: typ, Type: typ}}}
+	s := config.Sink{Name: typ, Type: typ}
+	switch typ {
+	case "postgres", "mysql", "duckdb":
+		s.BatchRecords = sinkBatchRecords
+	}
+	c := &config.Config{Name: sinkPrefix, Sinks: []config.Sink{s}}
 	c.Defaults()
 	return c.Sinks[0]
 }

@@ -33,12 +33,12 @@ type event struct {
 // errPoison marks a record the runtime cannot read at all.
 var errPoison = errors.New("not a Tideline change record")
 
-// decode reads one record, appending its row image's fields to scratch
-// (shared by a batch's events, so they cost no allocation each). A
-// tombstone (nil value) returns a nil event.
-func decode(ctx context.Context, r *kgo.Record, shape ShapeFunc, scratch []field) (*event, []field, error) {
+// decode reads one record into ev, appending its row image's fields to
+// scratch (shared by a batch's events, so they cost no allocation each).
+// A tombstone (nil value) returns false.
+func decode(ctx context.Context, r *kgo.Record, shape ShapeFunc, scratch []field, ev *event) (bool, []field, error) {
 	if r.Value == nil {
-		return nil, scratch, nil
+		return false, scratch, nil
 	}
 	var order, id []byte
 	for _, h := range r.Headers {
@@ -50,17 +50,17 @@ func decode(ctx context.Context, r *kgo.Record, shape ShapeFunc, scratch []field
 		}
 	}
 	if len(order) == 0 || len(id) == 0 {
-		return nil, scratch, fmt.Errorf("%w: no %s/%s header", errPoison, codec.OrderHeader, codec.SchemaHeader)
+		return false, scratch, fmt.Errorf("%w: no %s/%s header", errPoison, codec.OrderHeader, codec.SchemaHeader)
 	}
 	env, scratch, err := parseEnvelope(r.Value, scratch)
 	if err != nil {
-		return nil, scratch, fmt.Errorf("%w: value is not a JSON envelope: %v", errPoison, err)
+		return false, scratch, fmt.Errorf("%w: value is not a JSON envelope: %v", errPoison, err)
 	}
 	t, err := shape(ctx, id)
 	if err != nil {
-		return nil, scratch, err
+		return false, scratch, err
 	}
-	ev := &event{shape: t, key: r.Key, order: order, tsMs: env.tsMs, txID: env.txID, rec: r}
+	*ev = event{shape: t, key: r.Key, order: order, tsMs: env.tsMs, txID: env.txID, rec: r}
 	has := false
 	switch env.op {
 	case "c", "u", "r":
@@ -69,17 +69,17 @@ func decode(ctx context.Context, r *kgo.Record, shape ShapeFunc, scratch []field
 		ev.op, ev.fields, has = change.OpDelete, env.before, env.hasB
 	case "t":
 		ev.op = change.OpTruncate
-		return ev, scratch, nil
+		return true, scratch, nil
 	default:
-		return nil, scratch, fmt.Errorf("%w: op %q", errPoison, env.op)
+		return false, scratch, fmt.Errorf("%w: op %q", errPoison, env.op)
 	}
 	if !has {
-		return nil, scratch, fmt.Errorf("%w: op %q without its row image", errPoison, env.op)
+		return false, scratch, fmt.Errorf("%w: op %q without its row image", errPoison, env.op)
 	}
 	if t.HasKey && len(ev.key) == 0 {
-		return nil, scratch, fmt.Errorf("%w: a change of keyed table %s without a record key", errPoison, t.Topic)
+		return false, scratch, fmt.Errorf("%w: a change of keyed table %s without a record key", errPoison, t.Topic)
 	}
-	return ev, scratch, nil
+	return true, scratch, nil
 }
 
 // folder folds one topic's events per key, in log order; for a change-log
@@ -96,6 +96,8 @@ type folder struct {
 	minTs    int64
 	// tb is the batch built from the folded rows, once folding is done.
 	tb *TableBatch
+	// slab is where folded rows are allocated, a chunk at a time.
+	slab []folded
 }
 
 type folded struct {
@@ -107,10 +109,28 @@ type folded struct {
 	shape   *change.Table // of the newest change, to tell when fields line up
 	fields  []field
 	records []*kgo.Record
+	// first backs records while it holds one record, as most rows do.
+	first [1]*kgo.Record
 }
 
-func newFolder(topic string, history, before bool) *folder {
-	return &folder{topic: topic, history: history, before: before || history, rows: map[string]*folded{}}
+// newFolder returns a folder for a topic of which about hint records are
+// expected (sizing its map).
+func newFolder(topic string, history, before bool, hint int) *folder {
+	return &folder{topic: topic, history: history, before: before || history, rows: make(map[string]*folded, hint)}
+}
+
+// row returns a new folded row for ev, from the slab: a batch's rows are
+// allocated a chunk at a time rather than one by one, and live as long as
+// the batch does.
+func (f *folder) row(ev *event) *folded {
+	if len(f.slab) == cap(f.slab) {
+		f.slab = make([]folded, 0, min(max(2*cap(f.slab), 64), 4096))
+	}
+	f.slab = append(f.slab, folded{op: ev.op, key: ev.key, order: ev.order, tsMs: ev.tsMs, txID: ev.txID, shape: ev.shape, fields: ev.fields})
+	r := &f.slab[len(f.slab)-1]
+	r.first[0] = ev.rec
+	r.records = r.first[:]
+	return r
 }
 
 func (f *folder) add(ev *event) {
@@ -122,7 +142,7 @@ func (f *folder) add(ev *event) {
 	}
 	if f.history {
 		// Every change stands alone, the truncates too, in log order.
-		f.order = append(f.order, &folded{op: ev.op, key: ev.key, order: ev.order, tsMs: ev.tsMs, txID: ev.txID, shape: ev.shape, fields: ev.fields, records: []*kgo.Record{ev.rec}})
+		f.order = append(f.order, f.row(ev))
 		return
 	}
 	if ev.op == change.OpTruncate {
@@ -149,12 +169,14 @@ func (f *folder) add(ev *event) {
 	}
 	if len(ev.key) == 0 {
 		// No key: nothing to fold on; each change stands alone.
-		f.order = append(f.order, &folded{op: ev.op, order: ev.order, tsMs: ev.tsMs, txID: ev.txID, shape: ev.shape, fields: ev.fields, records: []*kgo.Record{ev.rec}})
+		r := f.row(ev)
+		r.key = nil
+		f.order = append(f.order, r)
 		return
 	}
 	old, ok := f.rows[string(ev.key)] // no allocation for the lookup
 	if !ok {
-		r := &folded{op: ev.op, key: ev.key, order: ev.order, tsMs: ev.tsMs, txID: ev.txID, shape: ev.shape, fields: ev.fields, records: []*kgo.Record{ev.rec}}
+		r := f.row(ev)
 		f.rows[string(ev.key)] = r
 		f.order = append(f.order, r)
 		return
@@ -233,8 +255,13 @@ func (f *folder) batch() *TableBatch {
 	values := make([]json.RawMessage, len(cols)*len(f.order))
 	for n, r := range f.order {
 		row := Row{Op: r.op, Key: r.key, Order: r.order, TsMs: r.tsMs, TxID: r.txID, Values: values[n*len(cols) : (n+1)*len(cols) : (n+1)*len(cols)], Records: r.records}
-		for _, fl := range r.fields {
-			i, ok := index[string(fl.name)]
+		for k, fl := range r.fields {
+			// The fields of the newest shape's changes come in its
+			// column order: try the field's place before the map.
+			i, ok := k, k < len(cols) && cols[k].Name == string(fl.name)
+			if !ok {
+				i, ok = index[string(fl.name)]
+			}
 			if !ok || (r.op == change.OpDelete && !cols[i].Key && !f.before) {
 				continue // a delete only needs to find the row
 			}

@@ -56,7 +56,7 @@ func render(tb *TableBatch) string {
 
 func TestFoldKeepsNewestPerKey(t *testing.T) {
 	s := shape("id", "a", "big")
-	f := newFolder(s.Topic, false, false)
+	f := newFolder(s.Topic, false, false, 0)
 	f.add(ev(change.OpCreate, s, "01", 0, map[string]string{"id": "1", "a": `"x"`, "big": `"B"`}))
 	f.add(ev(change.OpUpdate, s, "02", 0, map[string]string{"id": "1", "a": `"y"`, "big": `"` + change.UnavailableMarker + `"`}))
 	f.add(ev(change.OpCreate, s, "03", 0, map[string]string{"id": "2", "a": `"z"`, "big": "null"}))
@@ -71,7 +71,7 @@ d 04 id=2 a=- big=- (2 records)`
 
 func TestFoldTruncateByOrderAcrossPartitions(t *testing.T) {
 	s := shape("id", "a")
-	f := newFolder(s.Topic, false, false)
+	f := newFolder(s.Topic, false, false, 0)
 	f.add(ev(change.OpCreate, s, "01", 1, map[string]string{"id": "1", "a": `"old"`}))
 	f.add(ev(change.OpCreate, s, "05", 2, map[string]string{"id": "2", "a": `"new"`}))
 	f.add(ev(change.OpTruncate, s, "03", 0, nil))
@@ -91,7 +91,7 @@ func TestFoldTruncateByOrderAcrossPartitions(t *testing.T) {
 
 func TestChangeLogKeepsEveryChange(t *testing.T) {
 	s := shape("id", "a")
-	f := newFolder(s.Topic, true, false)
+	f := newFolder(s.Topic, true, false, 0)
 	f.add(ev(change.OpCreate, s, "01", 0, map[string]string{"id": "1", "a": `"x"`}))
 	f.add(ev(change.OpUpdate, s, "02", 0, map[string]string{"id": "1", "a": `"y"`}))
 	f.add(ev(change.OpTruncate, s, "03", 1, nil))
@@ -112,7 +112,7 @@ d 04 id=1 a="y" (1 records)`
 func TestBeforeImagesKeepADeletesColumns(t *testing.T) {
 	s := shape("id", "a")
 	for _, before := range []bool{false, true} {
-		f := newFolder(s.Topic, false, before)
+		f := newFolder(s.Topic, false, before, 0)
 		f.add(ev(change.OpDelete, s, "01", 0, map[string]string{"id": "1", "a": `"x"`}))
 		want := `d 01 id=1 a=- (1 records)`
 		if before {
@@ -127,7 +127,7 @@ func TestBeforeImagesKeepADeletesColumns(t *testing.T) {
 func TestFoldUnionOfShapes(t *testing.T) {
 	v1 := shape("id", "gone", "a")
 	v2 := shape("id", "a", "added")
-	f := newFolder(v1.Topic, false, false)
+	f := newFolder(v1.Topic, false, false, 0)
 	f.add(ev(change.OpCreate, v1, "01", 0, map[string]string{"id": "1", "gone": `"g"`, "a": `"x"`}))
 	f.add(ev(change.OpCreate, v2, "02", 0, map[string]string{"id": "2", "a": `"y"`, "added": `7`}))
 	tb := f.batch()

@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,8 +31,10 @@ var errSyntax = errors.New("invalid JSON")
 // parseEnvelope reads the envelope's op, before, after, source.ts_ms and
 // the source's transaction id in
 // one pass without building maps: decoding with encoding/json into maps
-// cost more than a third of a sink's CPU. Anything that is not a JSON
-// object of the expected shape is an error.
+// cost more than a third of a sink's CPU. Each byte is read once: the row
+// images and the source object are read where they stand, not skipped
+// first and read again. Anything that is not a JSON object of the
+// expected shape is an error.
 func parseEnvelope(b []byte, scratch []field) (parsed, []field, error) {
 	var p parsed
 	i := skipWS(b, 0)
@@ -53,33 +56,36 @@ func parseEnvelope(b []byte, scratch []field) (parsed, []field, error) {
 			return p, scratch, fmt.Errorf("%w: want ':' at %d", errSyntax, i)
 		}
 		i = skipWS(b, i+1)
-		start := i
-		if i, err = skipValue(b, i); err != nil {
-			return p, scratch, err
-		}
-		val := b[start:i]
 		switch string(key) {
 		case "op":
-			op, _, err := readString(val, 0)
+			start := i
+			if i, err = skipValue(b, i); err != nil {
+				return p, scratch, err
+			}
+			op, _, err := readString(b[start:i], 0)
 			if err != nil {
 				return p, scratch, fmt.Errorf("op: %w", err)
 			}
 			p.op = string(op)
 		case "before":
 			n := len(scratch)
-			if scratch, p.hasB, err = readRow(val, scratch); err != nil {
+			if scratch, p.hasB, i, err = readRow(b, i, scratch); err != nil {
 				return p, scratch, fmt.Errorf("before: %w", err)
 			}
 			p.before = scratch[n:len(scratch):len(scratch)]
 		case "after":
 			n := len(scratch)
-			if scratch, p.hasA, err = readRow(val, scratch); err != nil {
+			if scratch, p.hasA, i, err = readRow(b, i, scratch); err != nil {
 				return p, scratch, fmt.Errorf("after: %w", err)
 			}
 			p.after = scratch[n:len(scratch):len(scratch)]
 		case "source":
-			if p.tsMs, p.txID, err = readSource(val); err != nil {
+			if p.tsMs, p.txID, i, err = readSource(b, i); err != nil {
 				return p, scratch, fmt.Errorf("source: %w", err)
+			}
+		default:
+			if i, err = skipValue(b, i); err != nil {
+				return p, scratch, err
 			}
 		}
 		i = skipWS(b, i)
@@ -99,100 +105,143 @@ func parseEnvelope(b []byte, scratch []field) (parsed, []field, error) {
 	return p, scratch, nil
 }
 
-// readRow appends the members of the object v to dst; v may be null.
-func readRow(v []byte, dst []field) ([]field, bool, error) {
-	if string(v) == "null" {
-		return dst, false, nil
+// isNull reports whether the value at b[i] is null, and the index after it.
+func isNull(b []byte, i int) (bool, int) {
+	if !bytes.HasPrefix(b[i:], []byte("null")) {
+		return false, i
 	}
-	if len(v) == 0 || v[0] != '{' {
-		return dst, false, fmt.Errorf("%w: a row image is an object or null", errSyntax)
+	if j := i + 4; j == len(b) || delimiter(b[j]) {
+		return true, j
 	}
-	i := skipWS(v, 1)
-	if i < len(v) && v[i] == '}' {
-		return dst, true, nil
+	return false, i
+}
+
+// delimiter reports whether c ends a scalar.
+func delimiter(c byte) bool {
+	return c == ',' || c == '}' || c == ']' || c == ' ' || c == '\n' || c == '\t' || c == '\r'
+}
+
+// readRow appends the members of the object at b[i] to dst and returns
+// the index after it; the value may be null.
+func readRow(b []byte, i int, dst []field) ([]field, bool, int, error) {
+	if null, j := isNull(b, i); null {
+		return dst, false, j, nil
+	}
+	if i >= len(b) || b[i] != '{' {
+		return dst, false, i, fmt.Errorf("%w: a row image is an object or null", errSyntax)
+	}
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return dst, true, i + 1, nil
 	}
 	for {
-		i = skipWS(v, i)
-		key, next, err := readString(v, i)
+		i = skipWS(b, i)
+		key, next, err := readString(b, i)
 		if err != nil {
-			return dst, false, err
+			return dst, false, i, err
 		}
-		i = skipWS(v, next)
-		if i >= len(v) || v[i] != ':' {
-			return dst, false, fmt.Errorf("%w: want ':'", errSyntax)
+		i = skipWS(b, next)
+		if i >= len(b) || b[i] != ':' {
+			return dst, false, i, fmt.Errorf("%w: want ':'", errSyntax)
 		}
-		i = skipWS(v, i+1)
+		i = skipWS(b, i+1)
 		start := i
-		if i, err = skipValue(v, i); err != nil {
-			return dst, false, err
+		if i, err = skipValue(b, i); err != nil {
+			return dst, false, i, err
 		}
-		dst = append(dst, field{name: key, raw: json.RawMessage(v[start:i])})
-		i = skipWS(v, i)
-		if i < len(v) && v[i] == ',' {
+		dst = append(dst, field{name: key, raw: json.RawMessage(b[start:i])})
+		i = skipWS(b, i)
+		if i < len(b) && b[i] == ',' {
 			i++
 			continue
 		}
-		if i < len(v) && v[i] == '}' {
-			return dst, true, nil
+		if i < len(b) && b[i] == '}' {
+			return dst, true, i + 1, nil
 		}
-		return dst, false, fmt.Errorf("%w: want ',' or '}'", errSyntax)
+		return dst, false, i, fmt.Errorf("%w: want ',' or '}'", errSyntax)
 	}
 }
 
 // readSource finds ts_ms and the transaction id (txId, or gtid for
-// MySQL) in the source object, without collecting its members: 0 and nil
-// when absent or null. A string id is returned without its quotes.
-func readSource(v []byte) (ts int64, txID []byte, err error) {
-	if string(v) == "null" {
-		return 0, nil, nil
+// MySQL) in the source object at b[i], without collecting its members: 0
+// and nil when absent or null. A string id is returned without its
+// quotes. It returns the index after the object.
+func readSource(b []byte, i int) (ts int64, txID []byte, end int, err error) {
+	if null, j := isNull(b, i); null {
+		return 0, nil, j, nil
 	}
-	if len(v) == 0 || v[0] != '{' {
-		return 0, nil, fmt.Errorf("%w: want an object", errSyntax)
+	if i >= len(b) || b[i] != '{' {
+		return 0, nil, i, fmt.Errorf("%w: want an object", errSyntax)
 	}
-	i := skipWS(v, 1)
-	if i < len(v) && v[i] == '}' {
-		return 0, nil, nil
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return 0, nil, i + 1, nil
 	}
 	for {
-		key, next, err := readString(v, skipWS(v, i))
+		key, next, err := readString(b, skipWS(b, i))
 		if err != nil {
-			return 0, nil, err
+			return 0, nil, i, err
 		}
-		i = skipWS(v, next)
-		if i >= len(v) || v[i] != ':' {
-			return 0, nil, fmt.Errorf("%w: want ':'", errSyntax)
+		i = skipWS(b, next)
+		if i >= len(b) || b[i] != ':' {
+			return 0, nil, i, fmt.Errorf("%w: want ':'", errSyntax)
 		}
-		i = skipWS(v, i+1)
+		i = skipWS(b, i+1)
 		start := i
-		if i, err = skipValue(v, i); err != nil {
-			return 0, nil, err
+		if i, err = skipValue(b, i); err != nil {
+			return 0, nil, i, err
 		}
-		switch val := v[start:i]; string(key) {
+		switch val := b[start:i]; string(key) {
 		case "ts_ms":
-			if ts, err = strconv.ParseInt(string(val), 10, 64); err != nil {
-				return 0, nil, fmt.Errorf("ts_ms %s: %w", val, errSyntax)
+			var ok bool
+			if ts, ok = parseInt(val); !ok {
+				return 0, nil, i, fmt.Errorf("ts_ms %s: %w", val, errSyntax)
 			}
 		case "txId", "gtid":
 			switch {
 			case string(val) == "null":
 			case val[0] == '"':
 				if txID, _, err = readString(val, 0); err != nil {
-					return 0, nil, fmt.Errorf("%s: %w", key, err)
+					return 0, nil, i, fmt.Errorf("%s: %w", key, err)
 				}
 			default:
 				txID = val
 			}
 		}
-		i = skipWS(v, i)
-		if i < len(v) && v[i] == ',' {
+		i = skipWS(b, i)
+		if i < len(b) && b[i] == ',' {
 			i++
 			continue
 		}
-		if i < len(v) && v[i] == '}' {
-			return ts, txID, nil
+		if i < len(b) && b[i] == '}' {
+			return ts, txID, i + 1, nil
 		}
-		return 0, nil, fmt.Errorf("%w: want ',' or '}'", errSyntax)
+		return 0, nil, i, fmt.Errorf("%w: want ',' or '}'", errSyntax)
 	}
+}
+
+// parseInt is strconv.ParseInt(string(s), 10, 64) without converting s to
+// a string for the common case: an optional minus and up to 18 digits.
+func parseInt(s []byte) (int64, bool) {
+	d := s
+	if len(d) > 0 && d[0] == '-' {
+		d = d[1:]
+	}
+	if len(d) == 0 || len(d) > 18 {
+		n, err := strconv.ParseInt(string(s), 10, 64)
+		return n, err == nil
+	}
+	var n int64
+	for _, c := range d {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if len(s) > len(d) {
+		n = -n
+	}
+	return n, true
 }
 
 func skipWS(b []byte, i int) int {
@@ -208,6 +257,28 @@ func readString(b []byte, i int) ([]byte, int, error) {
 	if i >= len(b) || b[i] != '"' {
 		return nil, i, fmt.Errorf("%w: want a string at %d", errSyntax, i)
 	}
+	start := i + 1
+	// Most strings hold no escape. Short ones (names, most values) are
+	// read byte by byte; a long one's closing quote is found with
+	// bytes.IndexByte, which pays off past a few dozen bytes.
+	j := start
+	for end := min(start+32, len(b)); j < end; j++ {
+		switch b[j] {
+		case '"':
+			return b[start:j], j + 1, nil
+		case '\\':
+			return readEscaped(b, i)
+		}
+	}
+	if q := bytes.IndexByte(b[j:], '"'); q >= 0 && bytes.IndexByte(b[j:j+q], '\\') < 0 {
+		return b[start : j+q], j + q + 1, nil
+	}
+	return readEscaped(b, i)
+}
+
+// readEscaped is readString for a string that holds escapes (or is
+// unterminated).
+func readEscaped(b []byte, i int) ([]byte, int, error) {
 	start := i + 1
 	escaped := false
 	for j := start; j < len(b); j++ {

@@ -415,10 +415,16 @@ type prepared struct {
 func (r *Runtime) prepare(ctx context.Context, recs []*kgo.Record) (*prepared, error) {
 	w := &prepared{recs: recs, folders: map[string]*folder{}}
 	scratch := make([]field, 0, 16*len(recs))
+	// Each topic's record count sizes its folder's map: growing a map of
+	// a batch's keys step by step cost more than filling it.
+	counts := map[string]int{}
 	for _, rec := range recs {
-		var ev *event
-		var err error
-		ev, scratch, err = r.decodeRetrying(ctx, rec, scratch)
+		counts[rec.Topic]++
+	}
+	var ev event
+	for _, rec := range recs {
+		ok, next, err := r.decodeRetrying(ctx, rec, scratch, &ev)
+		scratch = next
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -426,16 +432,16 @@ func (r *Runtime) prepare(ctx context.Context, recs []*kgo.Record) (*prepared, e
 			w.dead = append(w.dead, rejected{rec, err})
 			continue
 		}
-		if ev == nil {
+		if !ok {
 			continue // a tombstone: the delete before it did the work
 		}
 		f := w.folders[rec.Topic]
 		if f == nil {
-			f = newFolder(rec.Topic, r.history, r.before)
+			f = newFolder(rec.Topic, r.history, r.before, counts[rec.Topic])
 			w.folders[rec.Topic] = f
 			w.topics = append(w.topics, rec.Topic)
 		}
-		f.add(ev)
+		f.add(&ev)
 	}
 	for _, t := range w.topics {
 		f := w.folders[t]
@@ -489,15 +495,15 @@ func (r *Runtime) handle(ctx context.Context, cl *kgo.Client, w *prepared) error
 // decodeRetrying decodes rec; a shape it cannot read yet (the schemas
 // topic unreachable) is retried, a record it cannot read at all is
 // returned as an error for the dead-letter topic.
-func (r *Runtime) decodeRetrying(ctx context.Context, rec *kgo.Record, scratch []field) (*event, []field, error) {
-	var ev *event
+func (r *Runtime) decodeRetrying(ctx context.Context, rec *kgo.Record, scratch []field, ev *event) (bool, []field, error) {
+	var ok bool
 	out := scratch
 	err := r.retry(ctx, "reading a table shape", []zap.Field{zap.String("topic", rec.Topic)}, func() error {
 		var err error
-		ev, out, err = decode(ctx, rec, r.d.Shape, scratch)
+		ok, out, err = decode(ctx, rec, r.d.Shape, scratch, ev)
 		return err
 	}, func(err error) bool { return errors.Is(err, errPoison) || errors.Is(err, change.ErrUnknownShape) })
-	return ev, out, err
+	return ok, out, err
 }
 
 // retry runs op until it succeeds, returns an error final says to stop

@@ -147,82 +147,226 @@ type textStyle struct {
 // raw comes from the runtime's envelope parser: one JSON value, without
 // surrounding white space.
 func textValue(raw json.RawMessage, l change.Logical, st textStyle) (s string, null bool, err error) {
+	b, null, err := appendText(nil, raw, l, st)
+	return string(b), null, err
+}
+
+// appendText is textValue appending to dst: the sinks render a batch's
+// values into one buffer, without a string per value. On null or an
+// error it returns dst unchanged.
+func appendText(dst []byte, raw json.RawMessage, l change.Logical, st textStyle) (_ []byte, null bool, err error) {
 	if len(raw) == 0 || string(raw) == "null" {
-		return "", true, nil
+		return dst, true, nil
 	}
 	switch l {
 	case change.JSON:
 		// The JSON text, carried in a JSON string.
-		v, err := jsonString(raw)
+		out, err := appendJSONString(dst, raw)
 		if err != nil {
-			return "", false, fmt.Errorf("json column: want a string holding JSON, got %.60s", raw)
+			return dst, false, fmt.Errorf("json column: want a string holding JSON, got %.60s", raw)
 		}
-		return v, false, nil
+		return out, false, nil
 	case change.Array:
 		if raw[0] != '[' {
-			return "", false, fmt.Errorf("array column: got %.60s", raw)
+			return dst, false, fmt.Errorf("array column: got %.60s", raw)
 		}
-		return string(raw), false, nil
+		return append(dst, raw...), false, nil
 	}
 	if raw[0] == '"' {
-		v, err := jsonString(raw)
-		if err != nil {
-			return "", false, err
-		}
 		switch l {
 		case change.Int16, change.Int32, change.Int64, change.Uint64, change.Bool:
-			return "", false, fmt.Errorf("%s column: got the string %q", l, v)
+			v, err := jsonString(raw)
+			if err != nil {
+				return dst, false, err
+			}
+			return dst, false, fmt.Errorf("%s column: got the string %q", l, v)
 		case change.TimestampTZ:
-			return timestampTZ(v, st)
+			v, err := jsonString(raw)
+			if err != nil {
+				return dst, false, err
+			}
+			return appendTimestampTZ(dst, v, st), false, nil
 		}
 		// Decimal, strings, uuid, timetz, interval, float NaN/Infinity,
 		// and date-times PostgreSQL could not give a number for
 		// ("infinity"): the target parses the text.
-		return v, false, nil
+		out, err := appendJSONString(dst, raw)
+		if err != nil {
+			return dst, false, err
+		}
+		return out, false, nil
 	}
 	if raw[0] == '{' || raw[0] == '[' {
-		return "", false, fmt.Errorf("%s column: not a JSON scalar: %.60s", l, raw)
+		return dst, false, fmt.Errorf("%s column: not a JSON scalar: %.60s", l, raw)
 	}
 	switch l {
 	case change.Bool:
 		switch string(raw) {
 		case "true", "false":
-			return string(raw), false, nil
+			return append(dst, raw...), false, nil
 		}
-		return "", false, fmt.Errorf("bool column: got %s", raw)
+		return dst, false, fmt.Errorf("bool column: got %s", raw)
 	case change.Int16, change.Int32, change.Int64, change.Uint64:
-		if _, err := strconv.ParseInt(string(raw), 10, 64); err != nil {
-			if _, uerr := strconv.ParseUint(string(raw), 10, 64); uerr != nil || l != change.Uint64 {
-				return "", false, fmt.Errorf("%s column: got %s", l, raw)
+		if !plainInt(raw) {
+			if _, err := strconv.ParseInt(string(raw), 10, 64); err != nil {
+				if _, uerr := strconv.ParseUint(string(raw), 10, 64); uerr != nil || l != change.Uint64 {
+					return dst, false, fmt.Errorf("%s column: got %s", l, raw)
+				}
 			}
 		}
-		return string(raw), false, nil
+		return append(dst, raw...), false, nil
 	case change.Date:
-		days, err := strconv.ParseInt(string(raw), 10, 64)
+		days, err := parseInt(raw)
 		if err != nil {
-			return "", false, fmt.Errorf("date column: got %s", raw)
+			return dst, false, fmt.Errorf("date column: got %s", raw)
 		}
-		return time.Unix(days*86400, 0).UTC().Format("2006-01-02"), false, nil
+		return appendDate(dst, days), false, nil
 	case change.Time:
-		us, err := strconv.ParseInt(string(raw), 10, 64)
+		us, err := parseInt(raw)
 		if err != nil {
-			return "", false, fmt.Errorf("time column: got %s", raw)
+			return dst, false, fmt.Errorf("time column: got %s", raw)
 		}
-		return microTime(us), false, nil
+		return append(dst, microTime(us)...), false, nil
 	case change.Timestamp:
-		us, err := strconv.ParseInt(string(raw), 10, 64)
+		us, err := parseInt(raw)
 		if err != nil {
-			return "", false, fmt.Errorf("timestamp column: got %s", raw)
+			return dst, false, fmt.Errorf("timestamp column: got %s", raw)
 		}
-		return time.UnixMicro(us).UTC().Format("2006-01-02 15:04:05.999999"), false, nil
+		return appendTimestamp(dst, us), false, nil
 	case change.String, change.UUID, change.TimeTZ, change.Interval, change.Bytes, change.TimestampTZ:
-		return "", false, fmt.Errorf("%s column: got the number %s", l, raw)
+		return dst, false, fmt.Errorf("%s column: got the number %s", l, raw)
 	}
 	// Decimal and floats as numbers.
-	if _, err := strconv.ParseFloat(string(raw), 64); err != nil {
-		return "", false, fmt.Errorf("%s column: got %s", l, raw)
+	if !plainInt(raw) {
+		if _, err := strconv.ParseFloat(string(raw), 64); err != nil {
+			return dst, false, fmt.Errorf("%s column: got %s", l, raw)
+		}
 	}
-	return string(raw), false, nil
+	return append(dst, raw...), false, nil
+}
+
+// parseInt is strconv.ParseInt(string(s), 10, 64), with a shortcut for
+// the common case (plainInt).
+func parseInt(s []byte) (int64, error) {
+	if !plainInt(s) {
+		return strconv.ParseInt(string(s), 10, 64)
+	}
+	d := s
+	if d[0] == '-' {
+		d = d[1:]
+	}
+	var n int64
+	for _, c := range d {
+		n = n*10 + int64(c-'0')
+	}
+	if len(d) < len(s) {
+		n = -n
+	}
+	return n, nil
+}
+
+// The microseconds of 0001-01-01 00:00:00 and 9999-12-31 23:59:59.999999
+// UTC: the range appendTimestamp renders itself.
+const (
+	minCivilMicros = -62135596800_000000
+	maxCivilMicros = 253402300799_999999
+)
+
+// appendTimestamp appends Unix microseconds us as UTC in the layout
+// "2006-01-02 15:04:05.999999", as time.Time.AppendFormat does, at a
+// fraction of its cost (a batch renders one per row and column). Years
+// outside 1…9999 go through the time package.
+func appendTimestamp(dst []byte, us int64) []byte {
+	if us < minCivilMicros || us > maxCivilMicros {
+		return time.UnixMicro(us).UTC().AppendFormat(dst, "2006-01-02 15:04:05.999999")
+	}
+	secs := floorDiv(us, 1e6)
+	frac := us - secs*1e6
+	days := floorDiv(secs, 86400)
+	sod := secs - days*86400
+	dst = appendDate(dst, days)
+	dst = append(dst, ' ')
+	dst = append2(dst, sod/3600)
+	dst = append(dst, ':')
+	dst = append2(dst, sod/60%60)
+	dst = append(dst, ':')
+	dst = append2(dst, sod%60)
+	if frac == 0 {
+		return dst
+	}
+	var f [7]byte
+	f[0] = '.'
+	for i := 6; i > 0; i-- {
+		f[i] = byte('0' + frac%10)
+		frac /= 10
+	}
+	n := 7
+	for f[n-1] == '0' {
+		n--
+	}
+	return append(dst, f[:n]...)
+}
+
+// appendDate appends the date days after 1970-01-01 as 2006-01-02 (the
+// civil-from-days algorithm of H. Hinnant); years outside 1…9999 go
+// through the time package.
+func appendDate(dst []byte, days int64) []byte {
+	const minDays, maxDays = -719162, 2932896 // 0001-01-01, 9999-12-31
+	if days < minDays || days > maxDays {
+		return time.Unix(days*86400, 0).UTC().AppendFormat(dst, "2006-01-02")
+	}
+	z := days + 719468
+	era := floorDiv(z, 146097)
+	doe := z - era*146097
+	yoe := (doe - doe/1460 + doe/36524 - doe/146096) / 365
+	y := yoe + era*400
+	doy := doe - (365*yoe + yoe/4 - yoe/100)
+	mp := (5*doy + 2) / 153
+	d := doy - (153*mp+2)/5 + 1
+	m := mp + 3
+	if mp >= 10 {
+		m = mp - 9
+	}
+	if m <= 2 {
+		y++
+	}
+	dst = append2(dst, y/100)
+	dst = append2(dst, y%100)
+	dst = append(dst, '-')
+	dst = append2(dst, m)
+	dst = append(dst, '-')
+	return append2(dst, d)
+}
+
+// append2 appends 0 <= n < 100 as two digits.
+func append2(dst []byte, n int64) []byte {
+	return append(dst, byte('0'+n/10), byte('0'+n%10))
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && (a < 0) != (b < 0) {
+		q--
+	}
+	return q
+}
+
+// plainInt reports whether s is an optional minus and 1 to 18 digits: an
+// integer that fits an int64 whatever its digits, so that the common case
+// needs no strconv parse.
+func plainInt(s []byte) bool {
+	if len(s) > 0 && s[0] == '-' {
+		s = s[1:]
+	}
+	if len(s) == 0 || len(s) > 18 {
+		return false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // jsonString returns the content of the JSON string raw. Most strings
@@ -241,16 +385,32 @@ func jsonString(raw []byte) (string, error) {
 	return v, nil
 }
 
+// appendJSONString is jsonString appending to dst.
+func appendJSONString(dst, raw []byte) ([]byte, error) {
+	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' && plainJSON(raw[1:n-1]) {
+		return append(dst, raw[1:n-1]...), nil
+	}
+	var v string
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return dst, err
+	}
+	return append(dst, v...), nil
+}
+
 // plainJSON reports whether s, the inside of a JSON string, is its own
 // content: no escape, no quote or control character (invalid unescaped)
 // and valid UTF-8 (json.Unmarshal replaces invalid bytes with U+FFFD).
 func plainJSON(s []byte) bool {
+	ascii := true
 	for _, c := range s {
 		if c == '\\' || c == '"' || c < 0x20 {
 			return false
 		}
+		if c >= utf8.RuneSelf {
+			ascii = false
+		}
 	}
-	return utf8.Valid(s)
+	return ascii || utf8.Valid(s)
 }
 
 // microTime renders microseconds as [-]HH:MM:SS.ffffff (hours may pass 24:
@@ -270,17 +430,19 @@ func microTime(us int64) string {
 	return s
 }
 
-// timestampTZ turns an ISO-8601 UTC timestamp into the target's text.
-func timestampTZ(v string, st textStyle) (string, bool, error) {
+// appendTimestampTZ turns an ISO-8601 UTC timestamp into the target's
+// text; what does not parse ("infinity" and the like) is left for the
+// target to decide.
+func appendTimestampTZ(dst []byte, v string, st textStyle) []byte {
 	t, err := time.Parse(time.RFC3339Nano, v)
 	if err != nil {
-		return v, false, nil // "infinity" and the like: the target decides
+		return append(dst, v...)
 	}
-	s := t.UTC().Format("2006-01-02 15:04:05.999999")
+	dst = t.UTC().AppendFormat(dst, "2006-01-02 15:04:05.999999")
 	if st.zone {
-		s += "+00"
+		dst = append(dst, "+00"...)
 	}
-	return s, false, nil
+	return dst
 }
 
 // absent reports whether a row value is absent: the target keeps what it
@@ -341,6 +503,32 @@ func groupByPresence(rows []apply.Row) []group {
 		out[n].rows = append(out[n].rows, i)
 	}
 	return out
+}
+
+// parallelRows is the batch size from which two transactions share it
+// (PostgreSQL, MySQL).
+const parallelRows = 2000
+
+// splitGroups splits every group's rows in two halves, for two
+// transactions to write at once: the rows of a batch have distinct keys,
+// so the halves touch different target rows. Each half is a contiguous
+// run of the batch, not every other row: rows that arrived together
+// (a transaction's creates, ascending keys) stay together, and the two
+// writers contend less for the same index pages.
+func splitGroups(groups []group) [2][]group {
+	var halves [2][]group
+	for _, g := range groups {
+		var h [2]group
+		half := len(g.rows) / 2
+		h[0].rows, h[1].rows = g.rows[:half:half], g.rows[half:]
+		for k := range halves {
+			if len(h[k].rows) > 0 {
+				h[k].present = g.present
+				halves[k] = append(halves[k], h[k])
+			}
+		}
+	}
+	return halves
 }
 
 // keyColumns returns the indexes of the key columns.

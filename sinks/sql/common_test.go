@@ -2,7 +2,10 @@ package sqlsink
 
 import (
 	"encoding/json"
+	"math/rand/v2"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/tideline-cdc/tideline/pkg/change"
 )
@@ -50,6 +53,37 @@ func TestTextValue(t *testing.T) {
 		s, null, err := textValue(json.RawMessage(c.raw), c.l, textStyle{zone: true})
 		if s != c.want || null != c.null || (err != nil) != c.err {
 			t.Errorf("textValue(%s, %s) = %q, %v, %v; want %q, %v, error %v", c.raw, c.l, s, null, err, c.want, c.null, c.err)
+		}
+	}
+}
+
+// TestAppendTimestamp checks the date-time shortcuts against the time
+// package, over the years they render themselves and past them.
+func TestAppendTimestamp(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	check := func(us int64) {
+		want := time.UnixMicro(us).UTC().Format("2006-01-02 15:04:05.999999")
+		if got := string(appendTimestamp(nil, us)); got != want {
+			t.Fatalf("appendTimestamp(%d) = %q, want %q", us, got, want)
+		}
+		days := floorDiv(us, 86400e6)
+		want = time.Unix(days*86400, 0).UTC().Format("2006-01-02")
+		if got := string(appendDate(nil, days)); got != want {
+			t.Fatalf("appendDate(%d) = %q, want %q", days, got, want)
+		}
+	}
+	for _, us := range []int64{0, -1, 1, 1e6, -1e6, 86400e6 - 1, minCivilMicros, minCivilMicros - 1, maxCivilMicros, maxCivilMicros + 1, 951782400e6, 1717200000123400} {
+		check(us)
+	}
+	for range 200_000 {
+		check(rng.Int64N(2*maxCivilMicros) - maxCivilMicros)
+		check(rng.Int64N(4e15) - 2e15) // 1906…2096, to the microsecond
+	}
+	for _, s := range []string{"0", "-0", "123", "-123", "999999999999999999", "-999999999999999999", "9223372036854775807", "-9223372036854775808", "9223372036854775808", "1.5", "", "-", "+1", "1e3"} {
+		got, err := parseInt([]byte(s))
+		want, werr := strconv.ParseInt(s, 10, 64)
+		if got != want || (err == nil) != (werr == nil) {
+			t.Errorf("parseInt(%q) = %d, %v; want %d, %v", s, got, err, want, werr)
 		}
 	}
 }

@@ -1,9 +1,9 @@
 package sqlsink
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"io"
@@ -21,10 +21,11 @@ import (
 	"github.com/tideline-cdc/tideline/pkg/change"
 )
 
-// DuckDB writes to a DuckDB database file: rows are appended (the
-// driver's Appender) to a temporary staging table of text columns, then
-// merged with INSERT … ON CONFLICT DO UPDATE guarded by
-// _tideline_position, in one transaction per batch.
+// DuckDB writes to a DuckDB database file: rows are written to a CSV
+// file that DuckDB's reader loads into a temporary staging table; creates
+// are inserted from it (INSERT), the other rows merged with INSERT … ON
+// CONFLICT DO UPDATE guarded by _tideline_position, in one transaction
+// per batch.
 //
 // DuckDB lets one process write a file, so the sink uses a single
 // connection. Unless cfg.KeepOpen, it opens the file at the start of each
@@ -52,6 +53,9 @@ type duckTable struct {
 	// stuck holds columns DuckDB would not widen (an index depends on
 	// them), so that every batch does not try again.
 	stuck map[string]bool
+	// pause counts down the batches still merged without direct inserts
+	// (see directPause).
+	pause int
 }
 
 // NewDuckDB returns a sink writing to the database file cfg.Path,
@@ -99,6 +103,7 @@ func (d *DuckDB) open(ctx context.Context) error {
 		// is checkpointed when the file is closed anyway.
 		_, err = conn.ExecContext(ctx, "SET checkpoint_threshold = '512MB'")
 	}
+
 	if err == nil && d.jsonType == "" {
 		_, jerr := conn.ExecContext(ctx, "SELECT CAST('{}' AS JSON)")
 		switch {
@@ -390,12 +395,21 @@ func (d *DuckDB) duckValue(c change.Column, staged string) string {
 }
 
 // Staging table and its fixed columns: key, order, op, and the row's
-// presence group; c<j> follow for each table column j.
+// group tag (see duckTag); c<j> follow for each table column j.
 const (
 	duckStage     = "temp.main._tl_stage"
 	duckStageName = "_tl_stage"
-	duckStageMeta = 4
 )
+
+// duckTag is the staging tag of the rows of the n-th presence group:
+// "n" for rows to merge, "+n" for creates to insert directly. Buried rows
+// lose their tag.
+func duckTag(n int, direct bool) string {
+	if direct {
+		return "+" + strconv.Itoa(n)
+	}
+	return strconv.Itoa(n)
+}
 
 // Apply implements apply.Sink.
 func (d *DuckDB) Apply(ctx context.Context, b *apply.TableBatch) (err error) {
@@ -406,32 +420,22 @@ func (d *DuckDB) Apply(ctx context.Context, b *apply.TableBatch) (err error) {
 	if err != nil {
 		return apply.Reject(err)
 	}
-	// Render every value first: a value the column cannot hold is that
-	// row's fault, found before the file is even opened.
-	staged := make([][]driver.Value, len(b.Rows))
-	st := textStyle{zone: true}
-	for i := range b.Rows {
-		r := &b.Rows[i]
-		vals := make([]driver.Value, duckStageMeta+len(b.Table.Columns))
-		vals[0], vals[1], vals[2] = string(r.Key), string(r.Order), r.Op.String()
-		for j, v := range r.Values {
-			c := &b.Table.Columns[j]
-			if absent(v) {
-				if c.Key {
-					return keyAbsent(i, tg.duck(), c.Name)
-				}
-				continue // never read by its group's statements
-			}
-			s, null, err := textValue(v, c.Logical, st)
-			if err != nil {
-				return &apply.RowError{Index: i, Err: fmt.Errorf("column %s: %w", c.Name, err)}
-			}
-			if !null {
-				vals[duckStageMeta+j] = s
-			}
-		}
-		staged[i] = vals
+	dt := d.tables[tg]
+	direct := b.Truncate == nil && (dt == nil || dt.pause == 0)
+	if dt != nil && dt.pause > 0 {
+		dt.pause--
 	}
+	// Render every value first: a value the column cannot hold is that
+	// row's fault, found before the file is even opened. The rows go to
+	// a CSV file that DuckDB's reader (parallel, in C++) loads into the
+	// staging table: an Appender, fed value by value from Go, cost
+	// twice as much.
+	groups := groupByPresence(b.Rows)
+	csv, err := d.renderCSV(tg, b, groups, direct)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(csv.path) //nolint:errcheck // a temporary file
 
 	if err := d.open(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -446,7 +450,16 @@ func (d *DuckDB) Apply(ctx context.Context, b *apply.TableBatch) (err error) {
 			}
 		}()
 	}
-	if err := d.apply(ctx, tg, b, staged); err != nil {
+	err = d.apply(ctx, tg, b, groups, csv, direct)
+	if errors.Is(err, errKeyTaken) {
+		// A create's key has a target row (a replay): merge them all,
+		// and do so for the table's next batches too.
+		if dt := d.tables[tg]; dt != nil {
+			dt.pause = directPause
+		}
+		err = d.apply(ctx, tg, b, groups, csv, false)
+	}
+	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -461,7 +474,147 @@ func (d *DuckDB) Apply(ctx context.Context, b *apply.TableBatch) (err error) {
 	return nil
 }
 
-func (d *DuckDB) apply(ctx context.Context, tg target, b *apply.TableBatch, staged [][]driver.Value) error {
+// duckCSV is a batch's CSV file.
+type duckCSV struct {
+	path    string
+	maxLine int // the length of its longest line
+}
+
+// renderCSV writes the rows of b as CSV to a temporary file: key, order,
+// op, group tag, then every table column, each value quoted ("" inside),
+// NULL (or a value the row does not carry) as an empty unquoted field.
+// With direct, creates (and snapshot reads) are tagged for a direct
+// insert.
+func (d *DuckDB) renderCSV(tg target, b *apply.TableBatch, groups []group, direct bool) (duckCSV, error) {
+	size := 0
+	for i := range b.Rows {
+		size += len(b.Rows[i].Key) + len(b.Rows[i].Order) + 16
+		for _, v := range b.Rows[i].Values {
+			size += len(v) + 3
+		}
+	}
+	buf := make([]byte, 0, size+size/8)
+	var val []byte
+	st := textStyle{zone: true}
+	maxLine := 0
+	for n, g := range groups {
+		tags := [2]string{duckTag(n, false), duckTag(n, true)}
+		for _, i := range g.rows {
+			r := &b.Rows[i]
+			start := len(buf)
+			buf = appendCSVField(buf, r.Key)
+			buf = append(buf, ',')
+			buf = appendCSVField(buf, r.Order)
+			buf = append(buf, ',', '"', byte(r.Op), '"', ',')
+			tag := tags[0]
+			if direct && (r.Op == change.OpCreate || r.Op == change.OpRead) {
+				tag = tags[1]
+			}
+			buf = append(buf, tag...)
+			for j, v := range r.Values {
+				c := &b.Table.Columns[j]
+				buf = append(buf, ',')
+				if absent(v) {
+					if c.Key {
+						return duckCSV{}, keyAbsent(i, tg.duck(), c.Name)
+					}
+					continue // never read by its group's statements
+				}
+				out, null, err := appendText(val[:0], v, c.Logical, st)
+				if err != nil {
+					return duckCSV{}, &apply.RowError{Index: i, Err: fmt.Errorf("column %s: %w", c.Name, err)}
+				}
+				val = out
+				if !null {
+					buf = appendCSVField(buf, val)
+				}
+			}
+			buf = append(buf, '\n')
+			maxLine = max(maxLine, len(buf)-start)
+		}
+	}
+	f, err := os.CreateTemp("", "tideline-duckdb-*.csv")
+	if err == nil {
+		_, err = f.Write(buf)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(f.Name()) //nolint:errcheck // err is the one to report
+		}
+	}
+	if err != nil {
+		return duckCSV{}, fmt.Errorf("stage the rows of %s: %w", tg.duck(), err)
+	}
+	return duckCSV{path: f.Name(), maxLine: maxLine}, nil
+}
+
+// appendCSVField appends s quoted, its quotes doubled.
+func appendCSVField(dst, s []byte) []byte {
+	dst = append(dst, '"')
+	for {
+		q := bytes.IndexByte(s, '"')
+		if q < 0 {
+			break
+		}
+		dst = append(dst, s[:q+1]...)
+		dst = append(dst, '"')
+		s = s[q+1:]
+	}
+	dst = append(dst, s...)
+	return append(dst, '"')
+}
+
+// csvType is the type the CSV reader gives column c in the staging
+// table: the column's own type for numbers, booleans, dates and
+// timestamps, which the reader parses as CAST does, without a string per
+// value; VARCHAR for the rest, which duckValue turns into the column's
+// type in SQL.
+func (d *DuckDB) csvType(c change.Column) string {
+	switch c.Logical {
+	case change.Int16, change.Int32, change.Int64, change.Uint64, change.Bool, change.Date, change.Timestamp:
+		return d.duckType(c)
+	case change.Decimal:
+		if typ := d.duckType(c); strings.HasPrefix(typ, "DECIMAL") {
+			return typ
+		}
+	}
+	return "VARCHAR"
+}
+
+// stagedValue is the SQL expression of column c's staged value.
+func (d *DuckDB) stagedValue(c change.Column, staged string) string {
+	if d.csvType(c) != "VARCHAR" {
+		return staged
+	}
+	return d.duckValue(c, staged)
+}
+
+// readCSV is the read_csv call that reads a file renderCSV wrote for
+// table t: the columns typed by csvType, quoted values kept as they are
+// ("" is an empty string, not NULL).
+func (d *DuckDB) readCSV(f duckCSV, t *change.Table) string {
+	var cols strings.Builder
+	cols.WriteString("{'_k': 'VARCHAR', '_pos': 'VARCHAR', '_op': 'VARCHAR', '_g': 'VARCHAR'")
+	for j, c := range t.Columns {
+		fmt.Fprintf(&cols, ", 'c%d': '%s'", j, d.csvType(c))
+	}
+	cols.WriteString("}")
+	opts := ""
+	if f.maxLine >= duckLineSize {
+		// The reader refuses a line longer than max_line_size (2 MB by
+		// default) and needs a buffer that holds one.
+		opts = fmt.Sprintf(", max_line_size = %d, buffer_size = %d", f.maxLine+1, 2*(f.maxLine+1))
+	}
+	return fmt.Sprintf(`read_csv('%s', columns = %s, header = false, auto_detect = false, delim = ',', quote = '"', escape = '"', allow_quoted_nulls = false, strict_mode = true%s)`,
+		strings.ReplaceAll(f.path, "'", "''"), cols.String(), opts)
+}
+
+// duckLineSize is the line length from which readCSV raises the reader's
+// limits.
+const duckLineSize = 1 << 20
+
+func (d *DuckDB) apply(ctx context.Context, tg target, b *apply.TableBatch, groups []group, csv duckCSV, direct bool) error {
 	if _, err := d.ensure(ctx, tg, b.Table); err != nil {
 		return err
 	}
@@ -474,20 +627,21 @@ func (d *DuckDB) apply(ctx context.Context, tg target, b *apply.TableBatch, stag
 			d.conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK") //nolint:errcheck // the failure is already reported
 		}
 	}()
-
-	keep, err := d.unburied(ctx, tg, b)
-	if err != nil {
-		return err
-	}
-	var groups []group
-	for _, g := range groupByPresence(b.Rows) {
-		if g, ok := g.only(keep); ok {
-			groups = append(groups, g)
-		}
-	}
 	if len(groups) > 0 {
-		if err := d.stage(ctx, tg, len(b.Table.Columns), groups, staged); err != nil {
+		q := "CREATE OR REPLACE TEMP TABLE " + duckStageName + " AS SELECT * FROM " + d.readCSV(csv, b.Table)
+		if _, err := d.conn.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("stage the rows of %s: %w", tg.duck(), classifyDuck(err))
+		}
+		dead, err := d.buried(ctx, tg, b)
+		if err != nil {
 			return err
+		}
+		if len(dead) > 0 {
+			// Untag the rows deleted after they happened.
+			q := fmt.Sprintf("UPDATE %s SET _g = NULL WHERE _k IN (SELECT unnest(?::VARCHAR[]))", duckStage)
+			if _, err := d.conn.ExecContext(ctx, q, dead); err != nil {
+				return fmt.Errorf("skip the buried rows of %s: %w", tg.duck(), classifyDuck(err))
+			}
 		}
 	}
 	if b.Truncate != nil {
@@ -496,7 +650,12 @@ func (d *DuckDB) apply(ctx context.Context, tg target, b *apply.TableBatch, stag
 		}
 	}
 	for n, g := range groups {
-		if err := d.applyGroup(ctx, tg, b, n, g); err != nil {
+		if direct {
+			if err := d.insertGroup(ctx, tg, b, n, g); err != nil {
+				return err
+			}
+		}
+		if err := d.applyGroup(ctx, tg, b, n, g, direct); err != nil {
 			return err
 		}
 	}
@@ -514,15 +673,12 @@ func (d *DuckDB) apply(ctx context.Context, tg target, b *apply.TableBatch, stag
 	return nil
 }
 
-// unburied returns which rows are newer than their key's tombstone and
-// the table's last truncate: older ones were deleted after they happened.
-func (d *DuckDB) unburied(ctx context.Context, tg target, b *apply.TableBatch) ([]bool, error) {
-	keys := make([]string, 0, len(b.Rows)+1)
-	for i := range b.Rows {
-		keys = append(keys, string(b.Rows[i].Key))
-	}
-	keys = append(keys, truncateKey)
-	rows, err := d.conn.QueryContext(ctx, fmt.Sprintf("SELECT key, position FROM %s WHERE table_name = ? AND key IN (SELECT unnest(?::VARCHAR[]))", tg.duckTombstones()), tg.name, keys)
+// buried returns the keys of the staged rows that are not newer than
+// their key's tombstone or the table's last truncate: they were deleted
+// after they happened.
+func (d *DuckDB) buried(ctx context.Context, tg target, b *apply.TableBatch) ([]string, error) {
+	rows, err := d.conn.QueryContext(ctx, fmt.Sprintf("SELECT key, position FROM %s WHERE table_name = ? AND (key = ? OR key IN (SELECT _k FROM %s))",
+		tg.duckTombstones(), duckStage), tg.name, truncateKey)
 	if err != nil {
 		return nil, fmt.Errorf("read the tombstones of %s: %w", tg.duck(), classifyDuck(err))
 	}
@@ -538,41 +694,16 @@ func (d *DuckDB) unburied(ctx context.Context, tg target, b *apply.TableBatch) (
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read the tombstones of %s: %w", tg.duck(), classifyDuck(err))
 	}
-	return filterBuried(b, buried), nil
-}
-
-// stage fills the staging table with the rows of groups, each tagged with
-// its group's index.
-func (d *DuckDB) stage(ctx context.Context, tg target, ncols int, groups []group, staged [][]driver.Value) error {
-	var ddl strings.Builder
-	ddl.WriteString("CREATE OR REPLACE TEMP TABLE " + duckStageName + " (_k VARCHAR, _pos VARCHAR, _op VARCHAR, _g VARCHAR")
-	for j := range ncols {
-		fmt.Fprintf(&ddl, ", c%d VARCHAR", j)
+	if len(buried) == 0 {
+		return nil, nil
 	}
-	ddl.WriteString(")")
-	if _, err := d.conn.ExecContext(ctx, ddl.String()); err != nil {
-		return fmt.Errorf("create the staging table of %s: %w", tg.duck(), classifyDuck(err))
-	}
-	err := d.conn.Raw(func(dc any) error {
-		a, err := duckdb.NewAppender(dc.(driver.Conn), "temp", "main", duckStageName)
-		if err != nil {
-			return err
+	var dead []string
+	for i, keep := range filterBuried(b, buried) {
+		if !keep {
+			dead = append(dead, string(b.Rows[i].Key))
 		}
-		for n, g := range groups {
-			gs := strconv.Itoa(n)
-			for _, i := range g.rows {
-				staged[i][3] = gs
-				if err := a.AppendRow(staged[i]...); err != nil {
-					return errors.Join(err, a.Close())
-				}
-			}
-		}
-		return a.CloseWithCancel(ctx)
-	})
-	if err != nil {
-		return fmt.Errorf("stage the rows of %s: %w", tg.duck(), classifyDuck(err))
 	}
-	return nil
+	return dead, nil
 }
 
 func (d *DuckDB) truncate(ctx context.Context, tg target, order []byte) error {
@@ -595,16 +726,48 @@ func (d *DuckDB) truncate(ctx context.Context, tg target, order []byte) error {
 	return nil
 }
 
-// applyGroup merges the staged rows of g, the n-th group: deletes, then
-// upserts.
-func (d *DuckDB) applyGroup(ctx context.Context, tg target, b *apply.TableBatch, n int, g group) error {
-	inGroup := "s._g = '" + strconv.Itoa(n) + "'"
+// insertGroup inserts the creates of the n-th group, tagged for a direct
+// insert: a create's key has no target row unless the change is applied
+// again (a replay), so a plain INSERT needs no merge (the tombstones were
+// checked). If a key does have a row, the constraint violation aborts the
+// transaction: errKeyTaken (as in the PostgreSQL sink), and Apply merges
+// the batch instead.
+func (d *DuckDB) insertGroup(ctx context.Context, tg target, b *apply.TableBatch, n int, g group) error {
+	var names, values []string
+	for j, c := range b.Table.Columns {
+		if g.present[j] {
+			names = append(names, duckIdent(c.Name))
+			values = append(values, d.stagedValue(c, fmt.Sprintf("s.c%d", j)))
+		}
+	}
+	names = append(names, colPosition, colOp, colAppliedAt)
+	values = append(values, "s._pos", "s._op", "now()")
+	q := fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s s WHERE s._g = '%s'",
+		tg.duck(), strings.Join(names, ", "), strings.Join(values, ", "), duckStage, duckTag(n, true))
+	if _, err := d.conn.ExecContext(ctx, q); err != nil {
+		var de *duckdb.Error
+		if errors.As(err, &de) && de.Type == duckdb.ErrorTypeConstraint && strings.Contains(de.Msg, "Duplicate key") {
+			return fmt.Errorf("%w: %v", errKeyTaken, err)
+		}
+		return fmt.Errorf("insert into %s: %w", tg.duck(), classifyDuck(err))
+	}
+	return nil
+}
+
+// applyGroup merges the staged rows of the n-th group: deletes, then
+// upserts. With direct, its creates were inserted by insertGroup; without,
+// they are merged too.
+func (d *DuckDB) applyGroup(ctx context.Context, tg target, b *apply.TableBatch, n int, g group, direct bool) error {
+	inGroup := "s._g = '" + duckTag(n, false) + "'"
+	if !direct {
+		inGroup = "s._g IN ('" + duckTag(n, false) + "', '" + duckTag(n, true) + "')"
+	}
 	var keyMatch, names, values, sets, keys []string
 	for j, c := range b.Table.Columns {
 		if !g.present[j] {
 			continue
 		}
-		v := d.duckValue(c, fmt.Sprintf("s.c%d", j))
+		v := d.stagedValue(c, fmt.Sprintf("s.c%d", j))
 		names = append(names, duckIdent(c.Name))
 		values = append(values, v)
 		if c.Key {
@@ -620,7 +783,16 @@ func (d *DuckDB) applyGroup(ctx context.Context, tg target, b *apply.TableBatch,
 		// Apply rejects the rows that lack a key column before writing.
 		return apply.Permanent(fmt.Errorf("changes of %s lack key columns", tg.duck()))
 	}
-	if !d.cfg.SoftDelete {
+	dels, ups := 0, 0
+	for _, i := range g.rows {
+		switch op := b.Rows[i].Op; {
+		case op == change.OpDelete:
+			dels++
+		case !direct || (op != change.OpCreate && op != change.OpRead):
+			ups++
+		}
+	}
+	if !d.cfg.SoftDelete && dels > 0 {
 		del := fmt.Sprintf("DELETE FROM %s AS t USING %s s WHERE %s AND s._op = 'd' AND %s AND t.%s < s._pos",
 			tg.duck(), duckStage, inGroup, strings.Join(keyMatch, " AND "), colPosition)
 		if _, err := d.conn.ExecContext(ctx, del); err != nil {
@@ -632,6 +804,9 @@ func (d *DuckDB) applyGroup(ctx context.Context, tg target, b *apply.TableBatch,
 		if _, err := d.conn.ExecContext(ctx, tomb, tg.name); err != nil {
 			return fmt.Errorf("record the deletes of %s: %w", tg.duck(), classifyDuck(err))
 		}
+	}
+	if ups == 0 && (dels == 0 || !d.cfg.SoftDelete) {
+		return nil
 	}
 
 	names = append(names, colPosition, colOp, colAppliedAt)

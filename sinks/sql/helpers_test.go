@@ -86,6 +86,12 @@ func expectRows(t *testing.T, rows [][]string, q string, want ...string) {
 	}
 }
 
+// awkwardText holds JSON strings a text format must escape or quote
+// (COPY's text format, CSV): separators, quotes, backslashes, line
+// breaks, COPY's NULL and end markers, an empty string, non-ASCII.
+var awkwardText = []string{`"a,b"`, `"say \"hi\""`, `"back\\slash"`, `"tab\there"`, `"two\nlines"`, `"cr\r\n"`,
+	`"\\N"`, `"\\."`, `""`, `"héllo 😀"`, `"   "`}
+
 func col(name string, l change.Logical, typ string) change.Column {
 	return change.Column{Name: name, Logical: l, Type: typ}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/tideline-cdc/tideline/pkg/apply"
 	"github.com/tideline-cdc/tideline/pkg/change"
@@ -429,7 +430,25 @@ func (m *MySQL) Apply(ctx context.Context, b *apply.TableBatch) error {
 		rows[i] = mr
 	}
 
-	if err := m.write(ctx, tg, b, rows); err != nil {
+	groups := groupByPresence(b.Rows)
+	if b.Truncate != nil || len(b.Rows) < parallelRows {
+		if err := m.write(ctx, tg, b, groups, rows); err != nil {
+			return m.fail(ctx, tg, err)
+		}
+		return nil
+	}
+	// A big batch is written by two transactions at once, on the pool's
+	// two connections, as the PostgreSQL sink does: the keys are
+	// distinct, so the halves touch different rows, and the server then
+	// uses two cores. (A deadlock between them on index gaps is a
+	// transient error: the batch is retried.) If one fails, the other may
+	// have committed: the retry rewrites nothing it wrote (position
+	// guard).
+	eg, gctx := errgroup.WithContext(ctx)
+	for _, h := range splitGroups(groups) {
+		eg.Go(func() error { return m.write(gctx, tg, b, h, rows) })
+	}
+	if err := eg.Wait(); err != nil {
 		return m.fail(ctx, tg, err)
 	}
 	return nil
@@ -446,14 +465,15 @@ func (m *MySQL) fail(ctx context.Context, tg target, err error) error {
 	return err
 }
 
-// write applies the batch in one transaction.
-func (m *MySQL) write(ctx context.Context, tg target, b *apply.TableBatch, rows []myRow) error {
+// write applies the rows of groups (and the batch's truncate) in one
+// transaction.
+func (m *MySQL) write(ctx context.Context, tg target, b *apply.TableBatch, groups []group, rows []myRow) error {
 	tx, err := m.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin on %s: %w", tg.my(), classifyMy(err))
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
-	keep, err := m.unburied(ctx, tx, tg, b)
+	keep, err := m.unburied(ctx, tx, tg, b, groups)
 	if err != nil {
 		return err
 	}
@@ -462,7 +482,7 @@ func (m *MySQL) write(ctx context.Context, tg target, b *apply.TableBatch, rows 
 			return err
 		}
 	}
-	for _, g := range groupByPresence(b.Rows) {
+	for _, g := range groups {
 		g, ok := g.only(keep)
 		if !ok {
 			continue
@@ -545,13 +565,16 @@ func myKeyExpr(c change.Column) string {
 	return "?"
 }
 
-// unburied returns which rows are newer than their key's tombstone and
-// the table's last truncate: older ones were deleted after they happened.
-func (m *MySQL) unburied(ctx context.Context, tx *sql.Tx, tg target, b *apply.TableBatch) ([]bool, error) {
+// unburied returns which rows of groups are newer than their key's
+// tombstone and the table's last truncate: older ones were deleted after
+// they happened. (Rows not in groups are not looked up.)
+func (m *MySQL) unburied(ctx context.Context, tx *sql.Tx, tg target, b *apply.TableBatch, groups []group) ([]bool, error) {
 	keys := make([]any, 0, len(b.Rows)+1)
 	keys = append(keys, []byte(truncateKey))
-	for i := range b.Rows {
-		keys = append(keys, b.Rows[i].Key)
+	for _, g := range groups {
+		for _, i := range g.rows {
+			keys = append(keys, b.Rows[i].Key)
+		}
 	}
 	buried := map[string]string{}
 	for len(keys) > 0 {

@@ -93,6 +93,7 @@ func TestMySQL(t *testing.T) {
 	t.Run("NoKey", e.testNoKey)
 	t.Run("MissingKey", e.testMissingKey)
 	t.Run("Chunks", e.testChunks)
+	t.Run("BigBatch", e.testBigBatch)
 	t.Run("TableFormat", e.testTableFormat)
 	t.Run("Conformance", e.testConformance)
 }
@@ -293,6 +294,36 @@ func (e *myEnv) testReplay(t *testing.T) {
 	if !slices.EqualFunc(got, want, slices.Equal) {
 		t.Errorf("replays changed the table:\ngot  %q\nwant %q", got, want)
 	}
+}
+
+// testBigBatch writes batches big enough for two transactions: creates,
+// then updates, deletes and older (ignored) changes of the same keys in
+// two presence groups, then the first batch again.
+func (e *myEnv) testBigBatch(t *testing.T) {
+	s, db := e.sink(t, Config{})
+	tb := mtable("big", key(col("id", change.Int32, "int")), col("a", change.Int32, "int"), col("b", change.Int32, "int"))
+	const n = 2 * parallelRows
+	var creates, changes []apply.Row
+	for i := range n {
+		v := fmt.Sprint(i)
+		creates = append(creates, mrow(tb, change.OpCreate, 10, v, v, v))
+		switch i % 4 {
+		case 0:
+			changes = append(changes, mrow(tb, change.OpUpdate, 20, v, fmt.Sprint(i+100000), ""))
+		case 1:
+			changes = append(changes, mrow(tb, change.OpUpdate, 20, v, v, fmt.Sprint(i+100000)))
+		case 2:
+			changes = append(changes, mrow(tb, change.OpDelete, 20, v, "", ""))
+		case 3:
+			changes = append(changes, mrow(tb, change.OpUpdate, 5, v, "-1", "-1"))
+		}
+	}
+	mustApply(t, s, batch(tb, creates...))
+	mustApply(t, s, batch(tb, changes...))
+	mustApply(t, s, batch(tb, creates...))
+	e.expect(t, "SELECT COUNT(*), SUM(CASE id % 4 WHEN 0 THEN a = id + 100000 AND b = id WHEN 1 THEN a = id AND b = id + 100000 ELSE a = id AND b = id END) FROM "+db+".big",
+		fmt.Sprintf("%d|%d", 3*n/4, 3*n/4))
+	e.expect(t, "SELECT COUNT(*) FROM "+db+"._tideline_tombstones", fmt.Sprint(n/4))
 }
 
 func (e *myEnv) testDelete(t *testing.T) {

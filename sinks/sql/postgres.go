@@ -1,10 +1,13 @@
 package sqlsink
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -17,9 +20,10 @@ import (
 	"github.com/tideline-cdc/tideline/pkg/config"
 )
 
-// Postgres writes to PostgreSQL: rows are copied (COPY) into a temporary
-// staging table, then merged with INSERT … ON CONFLICT DO UPDATE guarded
-// by _tideline_position, in one transaction per batch.
+// Postgres writes to PostgreSQL, in one transaction per batch (two for a
+// big batch): creates are copied (COPY) straight into the target table;
+// the other rows are copied into a temporary staging table, then merged
+// with INSERT … ON CONFLICT DO UPDATE guarded by _tideline_position.
 type Postgres struct {
 	cfg    Config
 	pool   *pgxpool.Pool
@@ -33,6 +37,9 @@ var _ apply.Sink = (*Postgres)(nil)
 // types (information_schema's data_type).
 type pgTable struct {
 	cols map[string]string
+	// pause counts down the batches still written without direct copies
+	// (see directPause).
+	pause int
 }
 
 // NewPostgres connects to cfg.DSN. The pool reconnects by itself, so a
@@ -268,64 +275,48 @@ func (p *Postgres) Apply(ctx context.Context, b *apply.TableBatch) error {
 	if err != nil {
 		return apply.Reject(err)
 	}
-	if _, err := p.ensure(ctx, tg, b.Table); err != nil {
+	pt, err := p.ensure(ctx, tg, b.Table)
+	if err != nil {
 		return p.fail(ctx, tg, err)
 	}
 	// Render every value first: a value the column cannot hold is that
 	// row's fault, found before anything is written.
-	staged := make([][]any, len(b.Rows))
-	st := textStyle{zone: true}
-	for i := range b.Rows {
-		r := &b.Rows[i]
-		vals := make([]any, 0, len(r.Values)+3)
-		vals = append(vals, string(r.Key), string(r.Order), string(r.Op))
-		for j, v := range r.Values {
-			c := &b.Table.Columns[j]
-			if absent(v) {
-				if c.Key {
-					return keyAbsent(i, tg.pg(), c.Name)
-				}
-				continue
-			}
-			s, null, err := textValue(v, c.Logical, st)
-			if err != nil {
-				return &apply.RowError{Index: i, Err: fmt.Errorf("column %s: %w", c.Name, err)}
-			}
-			if null {
-				vals = append(vals, nil)
-			} else {
-				vals = append(vals, s)
-			}
-		}
-		staged[i] = vals
+	r, err := renderPG(tg, b)
+	if err != nil {
+		return err
 	}
-
 	groups := groupByPresence(b.Rows)
+	direct := pt.pause == 0
+	if !direct {
+		pt.pause--
+	}
 	if b.Truncate != nil || len(b.Rows) < parallelRows {
-		return p.fail(ctx, tg, p.write(ctx, tg, b, groups, staged))
+		taken, err := p.writeAll(ctx, tg, r, groups, direct)
+		if taken {
+			pt.pause = directPause
+		}
+		return p.fail(ctx, tg, err)
 	}
 	// A big batch is written by two transactions at once, on two
 	// connections: the keys are distinct, so they cannot conflict, and
 	// PostgreSQL then uses both cores. If one fails, the other may have
 	// committed: the retry rewrites nothing it wrote (position guard).
-	var halves [2][]group
-	for _, g := range groups {
-		var h [2]group
-		for n, i := range g.rows {
-			h[n%2].rows = append(h[n%2].rows, i)
-		}
-		for k := range halves {
-			if len(h[k].rows) > 0 {
-				h[k].present = g.present
-				halves[k] = append(halves[k], h[k])
-			}
-		}
-	}
 	eg, gctx := errgroup.WithContext(ctx)
-	for _, h := range halves {
-		eg.Go(func() error { return p.write(gctx, tg, b, h, staged) })
+	var anyTaken atomic.Bool
+	for _, h := range splitGroups(groups) {
+		eg.Go(func() error {
+			taken, err := p.writeAll(gctx, tg, r, h, direct)
+			if taken {
+				anyTaken.Store(true)
+			}
+			return err
+		})
 	}
-	return p.fail(ctx, tg, eg.Wait())
+	err = eg.Wait()
+	if anyTaken.Load() {
+		pt.pause = directPause
+	}
+	return p.fail(ctx, tg, err)
 }
 
 // fail returns err, the outcome of an Apply of tg. On a transient error it
@@ -344,17 +335,169 @@ func (p *Postgres) fail(ctx context.Context, tg target, err error) error {
 	return err
 }
 
-// parallelRows is the batch size from which two transactions share it.
-const parallelRows = 2000
+// pgRendered is a batch's values rendered as COPY's text format (escaped),
+// all in one buffer.
+type pgRendered struct {
+	b    *apply.TableBatch
+	buf  []byte
+	vals []pgSpan // row i's value of column j at i*len(columns)+j
+	// noDirect marks a table with a bytea column: its values are staged
+	// as base64 text and decoded by SQL, so its rows are never copied
+	// into the target directly.
+	noDirect bool
+}
 
-// write applies the rows of groups (and b's truncate) in one transaction.
-func (p *Postgres) write(ctx context.Context, tg target, b *apply.TableBatch, groups []group, staged [][]any) error {
+// pgSpan is a value's place in pgRendered.buf; off < 0 is NULL.
+type pgSpan struct{ off, end int }
+
+// renderPG renders the values of b. A value its column cannot hold, or a
+// row without a key column, is returned as that row's RowError.
+func renderPG(tg target, b *apply.TableBatch) (*pgRendered, error) {
+	cols := b.Table.Columns
+	r := &pgRendered{b: b, vals: make([]pgSpan, len(b.Rows)*len(cols))}
+	for _, c := range cols {
+		if c.Logical == change.Bytes {
+			r.noDirect = true
+		}
+	}
+	size := 0
+	for i := range b.Rows {
+		for _, v := range b.Rows[i].Values {
+			size += len(v)
+		}
+	}
+	r.buf = make([]byte, 0, size+size/8)
+	st := textStyle{zone: true}
+	for i := range b.Rows {
+		row := &b.Rows[i]
+		for j, v := range row.Values {
+			c := &cols[j]
+			if absent(v) {
+				if c.Key {
+					return nil, keyAbsent(i, tg.pg(), c.Name)
+				}
+				continue
+			}
+			off := len(r.buf)
+			out, null, err := appendText(r.buf, v, c.Logical, st)
+			if err != nil {
+				return nil, &apply.RowError{Index: i, Err: fmt.Errorf("column %s: %w", c.Name, err)}
+			}
+			if null {
+				r.vals[i*len(cols)+j] = pgSpan{off: -1}
+				continue
+			}
+			r.buf = escapeCopyTail(out, off)
+			r.vals[i*len(cols)+j] = pgSpan{off, len(r.buf)}
+		}
+	}
+	return r, nil
+}
+
+// escapeCopyTail escapes b[off:] for COPY's text format: a backslash,
+// tab, newline or carriage return is written as a backslash sequence.
+func escapeCopyTail(b []byte, off int) []byte {
+	tail := b[off:]
+	if !needsCopyEscape(tail) {
+		return b
+	}
+	tail = append([]byte(nil), tail...)
+	return appendCopyEscaped(b[:off], tail)
+}
+
+func needsCopyEscape(s []byte) bool {
+	for _, c := range s {
+		if c == '\\' || c == '\t' || c == '\n' || c == '\r' {
+			return true
+		}
+	}
+	return false
+}
+
+// appendCopyEscaped appends s escaped for COPY's text format.
+func appendCopyEscaped(dst, s []byte) []byte {
+	for _, c := range s {
+		switch c {
+		case '\\':
+			dst = append(dst, '\\', '\\')
+		case '\t':
+			dst = append(dst, '\\', 't')
+		case '\n':
+			dst = append(dst, '\\', 'n')
+		case '\r':
+			dst = append(dst, '\\', 'r')
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst
+}
+
+// appendValue appends row i's value of column j, or \N for NULL.
+func (r *pgRendered) appendValue(dst []byte, i, j int) []byte {
+	v := r.vals[i*len(r.b.Table.Columns)+j]
+	if v.off < 0 {
+		return append(dst, '\\', 'N')
+	}
+	return append(dst, r.buf[v.off:v.end]...)
+}
+
+// errKeyTaken is returned when a row copied straight into the target
+// found its key taken. Apply then writes the batch again through the
+// staging table.
+var errKeyTaken = errors.New("a key copied into the target exists")
+
+// directPause is how many batches of a table are written through the
+// staging table alone after a direct copy found a key taken: a replay
+// (after a crash, or of a re-snapshot) brings creates of keys the target
+// has, batch after batch, and each direct copy would fail first.
+const directPause = 16
+
+// writeAll writes groups, copying the creates (and snapshot reads) straight
+// into the target (no staging, no merge) unless direct is false; if one of
+// their keys has a target row, it writes them all again through the
+// staging table, which merges with what it finds, and reports taken.
+func (p *Postgres) writeAll(ctx context.Context, tg target, r *pgRendered, groups []group, direct bool) (taken bool, err error) {
+	err = p.write(ctx, tg, r, groups, direct)
+	if errors.Is(err, errKeyTaken) {
+		taken = true
+		err = p.write(ctx, tg, r, groups, false)
+	}
+	return taken, err
+}
+
+// write applies the rows of groups (and the batch's truncate) in one
+// transaction. With direct, the creates (and snapshot reads) are copied
+// straight into the target: a create's key has no target row unless the
+// change is applied again (a replay), so there is nothing to merge and
+// no position to compare (the tombstones were checked), and COPY inserts
+// them as cheaply as a bulk load. If a key does have a row, the unique
+// violation aborts the transaction (errKeyTaken) and nothing was written.
+// The other rows are staged and merged.
+func (p *Postgres) write(ctx context.Context, tg target, r *pgRendered, groups []group, direct bool) error {
 	tx, err := p.pool.Begin(ctx)
 	if err != nil {
 		return classifyPG(err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after Commit it is a no-op
-	keep, err := p.unburied(ctx, tx, tg, b, groups)
+	b := r.b
+	var fresh []bool
+	if direct && b.Truncate == nil && !r.noDirect {
+		fresh = make([]bool, len(b.Rows))
+		n := 0
+		for _, g := range groups {
+			for _, i := range g.rows {
+				if op := b.Rows[i].Op; op == change.OpCreate || op == change.OpRead {
+					fresh[i] = true
+					n++
+				}
+			}
+		}
+		if n == 0 {
+			fresh = nil
+		}
+	}
+	keep, now, err := p.unburied(ctx, tx, tg, b, groups, fresh != nil)
 	if err != nil {
 		return err
 	}
@@ -363,15 +506,34 @@ func (p *Postgres) write(ctx context.Context, tg target, b *apply.TableBatch, gr
 			return err
 		}
 	}
+	staged := keep
+	if fresh != nil {
+		staged = make([]bool, len(keep))
+		for i := range keep {
+			fresh[i] = fresh[i] && keep[i]
+			staged[i] = keep[i] && !fresh[i]
+		}
+	}
 	// The staging tables this transaction filled: see applyGroup.
 	used := map[int]bool{}
 	for _, g := range groups {
-		g, ok := g.only(keep)
+		g, ok := g.only(staged)
 		if !ok {
 			continue
 		}
-		if err := p.applyGroup(ctx, tx, tg, b, g, staged, used); err != nil {
+		if err := p.applyGroup(ctx, tx, tg, r, g, used); err != nil {
 			return err
+		}
+	}
+	if fresh != nil {
+		for _, g := range groups {
+			g, ok := g.only(fresh)
+			if !ok {
+				continue
+			}
+			if err := p.copyFresh(ctx, tx, tg, r, g, now); err != nil {
+				return err
+			}
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -382,8 +544,9 @@ func (p *Postgres) write(ctx context.Context, tg target, b *apply.TableBatch, gr
 
 // unburied returns which rows of groups are newer than their key's
 // tombstone and the table's last truncate: older ones were deleted after
-// they happened. Rows not in groups are never kept.
-func (p *Postgres) unburied(ctx context.Context, tx pgx.Tx, tg target, b *apply.TableBatch, groups []group) ([]bool, error) {
+// they happened. Rows not in groups are never kept. With now, it also
+// returns the transaction's now() as text, in the same round trip.
+func (p *Postgres) unburied(ctx context.Context, tx pgx.Tx, tg target, b *apply.TableBatch, groups []group, now bool) ([]bool, string, error) {
 	n := 1
 	for _, g := range groups {
 		n += len(g.rows)
@@ -395,21 +558,30 @@ func (p *Postgres) unburied(ctx context.Context, tx pgx.Tx, tg target, b *apply.
 		}
 	}
 	keys = append(keys, truncateKey)
-	rows, err := tx.Query(ctx, fmt.Sprintf("SELECT key, position FROM %s WHERE table_name = $1 AND key = ANY($2)", tg.pgTombstones()), tg.name, keys)
-	if err != nil {
-		return nil, classifyPG(err)
+	// PostgreSQL sorts the array before it probes the index; sorted
+	// already (bytewise: the order of the C and C.UTF-8 collations), it
+	// only checks that they are.
+	slices.Sort(keys)
+	var pb pgx.Batch
+	pb.Queue(fmt.Sprintf("SELECT key, position FROM %s WHERE table_name = $1 AND key = ANY($2)", tg.pgTombstones()), tg.name, keys)
+	if now {
+		pb.Queue("SELECT now()::text")
 	}
-	defer rows.Close() // on a Scan error too: an open result holds its connection
+	br := tx.SendBatch(ctx, &pb)
+	defer br.Close()
 	buried := map[string]string{}
-	for rows.Next() {
-		var k, pos string
-		if err := rows.Scan(&k, &pos); err != nil {
-			return nil, classifyPG(err)
-		}
-		buried[k] = pos
+	var k, pos string
+	if err := scanAll(br, func() { buried[k] = pos }, &k, &pos); err != nil {
+		return nil, "", err
 	}
-	if err := rows.Err(); err != nil {
-		return nil, classifyPG(err)
+	var ts string
+	if now {
+		if err := br.QueryRow().Scan(&ts); err != nil {
+			return nil, "", classifyPG(err)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return nil, "", classifyPG(err)
 	}
 	keep := filterBuried(b, buried)
 	in := make([]bool, len(b.Rows))
@@ -418,7 +590,78 @@ func (p *Postgres) unburied(ctx context.Context, tx pgx.Tx, tg target, b *apply.
 			in[i] = keep[i]
 		}
 	}
-	return in, nil
+	return in, ts, nil
+}
+
+// scanAll reads the rows of the next query of br into dst, calling each
+// after every row.
+func scanAll(br pgx.BatchResults, each func(), dst ...any) error {
+	rows, err := br.Query()
+	if err != nil {
+		return classifyPG(err)
+	}
+	defer rows.Close() // on a Scan error too: an open result holds its connection
+	for rows.Next() {
+		if err := rows.Scan(dst...); err != nil {
+			return classifyPG(err)
+		}
+		each()
+	}
+	return classifyPG(rows.Err())
+}
+
+// copyFresh copies the rows of g into the target. A unique violation
+// means one of their keys has a row already: errKeyTaken.
+func (p *Postgres) copyFresh(ctx context.Context, tx pgx.Tx, tg target, r *pgRendered, g group, now string) error {
+	var names []string
+	var cols []int
+	for j, c := range r.b.Table.Columns {
+		if g.present[j] {
+			names = append(names, pgIdent(c.Name))
+			cols = append(cols, j)
+		}
+	}
+	names = append(names, colPosition, colOp, colAppliedAt)
+	tail := "\t" + now
+	if p.cfg.SoftDelete {
+		names = append(names, colDeleted)
+		tail += "\tf"
+	}
+	tail += "\n"
+	data := make([]byte, 0, r.size(g)+len(g.rows)*(len(tail)+40))
+	for _, i := range g.rows {
+		row := &r.b.Rows[i]
+		for _, j := range cols {
+			data = r.appendValue(data, i, j)
+			data = append(data, '\t')
+		}
+		data = appendCopyEscaped(data, row.Order)
+		data = append(data, '\t', byte(row.Op))
+		data = append(data, tail...)
+	}
+	q := fmt.Sprintf("COPY %s (%s) FROM STDIN", tg.pg(), strings.Join(names, ", "))
+	if _, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(data), q); err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "23505" {
+			return fmt.Errorf("%w: %v", errKeyTaken, err)
+		}
+		return classifyPG(err)
+	}
+	return nil
+}
+
+// size is the rendered size of the values of g's rows.
+func (r *pgRendered) size(g group) int {
+	n := 0
+	ncol := len(r.b.Table.Columns)
+	for _, i := range g.rows {
+		for j := range ncol {
+			if v := r.vals[i*ncol+j]; v.off >= 0 {
+				n += v.end - v.off
+			}
+		}
+	}
+	return n + len(g.rows)*ncol
 }
 
 // filterBuried keeps the rows newer than their key's tombstone and the
@@ -461,11 +704,14 @@ func (p *Postgres) truncate(ctx context.Context, tx pgx.Tx, tg target, order []b
 // may have the same width (but carry different columns), so a table used
 // reads the rows of an earlier group too: used holds the widths this
 // transaction filled, and a reused table is emptied first.
-func (p *Postgres) applyGroup(ctx context.Context, tx pgx.Tx, tg target, b *apply.TableBatch, g group, staged [][]any, used map[int]bool) error {
+func (p *Postgres) applyGroup(ctx context.Context, tx pgx.Tx, tg target, r *pgRendered, g group, used map[int]bool) error {
+	b := r.b
 	var tcols []change.Column
+	var tidx []int
 	for j, c := range b.Table.Columns {
 		if g.present[j] {
 			tcols = append(tcols, c)
+			tidx = append(tidx, j)
 		}
 	}
 	stage := fmt.Sprintf("_tl_stage_%d", len(tcols))
@@ -492,11 +738,27 @@ func (p *Postgres) applyGroup(ctx context.Context, tx pgx.Tx, tg target, b *appl
 		}
 		used[len(tcols)] = true
 	}
-	src := make([][]any, len(g.rows))
-	for n, i := range g.rows {
-		src[n] = staged[i]
+	dels, ups := 0, 0
+	data := make([]byte, 0, r.size(g)+len(g.rows)*64)
+	for _, i := range g.rows {
+		row := &b.Rows[i]
+		if row.Op == change.OpDelete {
+			dels++
+		} else {
+			ups++
+		}
+		data = appendCopyEscaped(data, row.Key)
+		data = append(data, '\t')
+		data = appendCopyEscaped(data, row.Order)
+		data = append(data, '\t', byte(row.Op))
+		for _, j := range tidx {
+			data = append(data, '\t')
+			data = r.appendValue(data, i, j)
+		}
+		data = append(data, '\n')
 	}
-	if _, err := tx.CopyFrom(ctx, pgx.Identifier{stage}, cols, pgx.CopyFromRows(src)); err != nil {
+	q := fmt.Sprintf("COPY %s (%s) FROM STDIN", stage, strings.Join(cols, ", "))
+	if _, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(data), q); err != nil {
 		return classifyPG(err)
 	}
 
@@ -510,7 +772,7 @@ func (p *Postgres) applyGroup(ctx context.Context, tx pgx.Tx, tg target, b *appl
 		// Apply rejects the rows that lack a key column before writing.
 		return apply.Permanent(fmt.Errorf("changes of %s lack key columns", tg.pg()))
 	}
-	if !p.cfg.SoftDelete {
+	if !p.cfg.SoftDelete && dels > 0 {
 		del := fmt.Sprintf("DELETE FROM %s t USING %s s WHERE s._op = 'd' AND %s AND t.%s < s._pos",
 			tg.pg(), stage, strings.Join(keyMatch, " AND "), colPosition)
 		if _, err := tx.Exec(ctx, del); err != nil {
@@ -521,6 +783,9 @@ func (p *Postgres) applyGroup(ctx context.Context, tx pgx.Tx, tg target, b *appl
 		if _, err := tx.Exec(ctx, tomb, tg.name); err != nil {
 			return classifyPG(err)
 		}
+	}
+	if ups == 0 && !p.cfg.SoftDelete {
+		return nil
 	}
 
 	var names, values, sets, keys []string

@@ -2,6 +2,7 @@ package sqlsink
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -39,6 +40,7 @@ func TestPostgres(t *testing.T) {
 	t.Run("BigBatchGroups", e.testBigBatchGroups)
 	t.Run("TargetChanged", e.testTargetChanged)
 	t.Run("MissingKey", e.testMissingKey)
+	t.Run("DirectCopy", e.testDirectCopy)
 }
 
 // sink makes a sink and the source table name's schema, named after the
@@ -198,4 +200,51 @@ func (e *pgEnv) testMissingKey(t *testing.T) {
 	e.expect(t, "SELECT count(*) FROM "+schema+".nokeyval", "0")
 	mustApply(t, s, batch(tb, good))
 	e.expect(t, "SELECT id, v FROM "+schema+".nokeyval", "1|a")
+}
+
+// testDirectCopy copies creates straight into the target, with text COPY
+// must escape; applied again, their keys are taken and the batch is
+// merged instead; a newer create of a key the target holds wins; a big
+// batch does the same on two connections.
+func (e *pgEnv) testDirectCopy(t *testing.T) {
+	s, schema := e.sink(t)
+	tb := table("app", schema, "app."+schema+".direct", "direct",
+		key(col("id", change.Int32, "int4")), col("s", change.String, "text"), col("j", change.JSON, "jsonb"))
+	var rows []apply.Row
+	for i, v := range awkwardText {
+		rows = append(rows, row(tb, change.OpCreate, pord(1), fmt.Sprint(i), v, `"{\"a\": \"x\\ty\"}"`))
+	}
+	rows = append(rows, row(tb, change.OpRead, pord(1), "100", "null", "null"))
+	mustApply(t, s, batch(tb, rows...))
+	mustApply(t, s, batch(tb, rows...))
+	q := "SELECT id, coalesce(to_json(s)::text, 'NULL'), j->>'a', _tideline_op FROM " + schema + ".direct ORDER BY id"
+	want := func(first string) []string {
+		var out []string
+		for i, v := range awkwardText {
+			if i == 0 {
+				v = first
+			}
+			var text string
+			if err := json.Unmarshal([]byte(v), &text); err != nil {
+				t.Fatal(err)
+			}
+			j, _ := json.Marshal(text)
+			out = append(out, fmt.Sprintf("%d|%s|x\ty|c", i, j))
+		}
+		return append(out, "100|NULL|NULL|r")
+	}
+	e.expect(t, q, want(awkwardText[0])...)
+	mustApply(t, s, batch(tb, row(tb, change.OpCreate, pord(2), "0", `"newer"`, `"{\"a\": \"x\\ty\"}"`)))
+	e.expect(t, q, want(`"newer"`)...)
+
+	// A big batch, on two connections, half of it replayed.
+	rows = rows[:0]
+	for i := range 2 * parallelRows {
+		rows = append(rows, row(tb, change.OpCreate, pord(3), fmt.Sprint(1000+i), `"big"`, "null"))
+	}
+	mustApply(t, s, batch(tb, rows[:parallelRows]...))
+	s.tables = map[target]*pgTable{} // forget the pause: copy directly again
+	mustApply(t, s, batch(tb, rows...))
+	e.expect(t, "SELECT count(*), count(DISTINCT id) FROM "+schema+".direct WHERE s = 'big'",
+		fmt.Sprintf("%d|%d", 2*parallelRows, 2*parallelRows))
 }
