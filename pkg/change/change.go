@@ -3,7 +3,11 @@
 // publisher. It is pure data: no I/O, no clients.
 package change
 
-import "errors"
+import (
+	"errors"
+	"strconv"
+	"strings"
+)
 
 // Op is the kind of change, with Debezium's one-letter codes.
 type Op byte
@@ -239,4 +243,25 @@ func (b *Batch) Reset() {
 type Sample struct {
 	Table *Table
 	Rows  [][]Value
+}
+
+// Precision parses the precision and scale of a column type such as
+// "numeric(10,2)" or "decimal(30,10) unsigned" (scale 0 when absent); ok
+// is false for a type without them.
+func Precision(typ string) (p, s int, ok bool) {
+	open := strings.IndexByte(typ, '(')
+	end := strings.IndexByte(typ, ')')
+	if open < 0 || end < open {
+		return 0, 0, false
+	}
+	ps, ss, _ := strings.Cut(typ[open+1:end], ",")
+	p, err1 := strconv.Atoi(strings.TrimSpace(ps))
+	s, err2 := strconv.Atoi(strings.TrimSpace(ss))
+	if ss == "" {
+		s, err2 = 0, nil
+	}
+	if err1 != nil || err2 != nil || p <= 0 {
+		return 0, 0, false
+	}
+	return p, s, true
 }

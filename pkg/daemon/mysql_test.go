@@ -98,6 +98,20 @@ func (m *menv) config(tables []string, mutate func(*config.Config)) *config.Conf
 
 func (m *menv) env() *env { return &env{t: m.t, brokers: m.brokers} }
 
+// storedPosition returns the offsets store of cfg's pipeline and the
+// binlog position stored in it (after a first run): a test saves it back
+// to start again from there.
+func (m *menv) storedPosition(cfg *config.Config) (*kafka.Store, []byte) {
+	m.t.Helper()
+	cl := kgoClient(m.t, m.brokers)
+	store := kafka.NewStore(cl, kafka.NewTopics(cl, cfg.Kafka.Topics, nil), "test.offsets")
+	old, err := store.Load(context.Background(), "mysql/test/position")
+	if err != nil || old == nil {
+		m.t.Fatalf("no stored position after the first run: %v", err)
+	}
+	return store, old
+}
+
 const mysqlTypesDDL = `CREATE TABLE app.items (
 	id INT PRIMARY KEY, ti TINYINT, tu TINYINT UNSIGNED, iu INT UNSIGNED, bu BIGINT UNSIGNED,
 	dec_ DECIMAL(30,10), f FLOAT, d DOUBLE, vc VARCHAR(50), tx TEXT, vb VARBINARY(10),
@@ -212,13 +226,8 @@ func TestMySQLReplayAcrossDDL(t *testing.T) {
 	cfg := m.config([]string{"app.h"}, nil)
 	r := e.start(cfg, daemon.Options{})
 	r.stop(t)
-	cl := kgoClient(t, m.brokers)
-	store := kafka.NewStore(cl, kafka.NewTopics(cl, cfg.Kafka.Topics, nil), "test.offsets")
+	store, old := m.storedPosition(cfg)
 	ctx := context.Background()
-	old, err := store.Load(ctx, "mysql/test/position")
-	if err != nil || old == nil {
-		t.Fatalf("no stored position after the first run: %v", err)
-	}
 
 	r = e.start(cfg, daemon.Options{})
 	m.exec("INSERT INTO app.h VALUES (10, 'before')",
@@ -266,13 +275,8 @@ func TestMySQLRestartAfterSeveralDDLs(t *testing.T) {
 	cfg := m.config([]string{"app.h*"}, func(c *config.Config) { c.Source.StatusInterval = 30 * time.Second })
 	r := e.start(cfg, daemon.Options{})
 	r.stop(t)
-	cl := kgoClient(t, m.brokers)
-	store := kafka.NewStore(cl, kafka.NewTopics(cl, cfg.Kafka.Topics, nil), "test.offsets")
+	store, old := m.storedPosition(cfg)
 	ctx := context.Background()
-	old, err := store.Load(ctx, "mysql/test/position")
-	if err != nil || old == nil {
-		t.Fatalf("no stored position after the first run: %v", err)
-	}
 
 	m.exec("INSERT INTO app.h VALUES (1, 'é1')",
 		"ALTER TABLE app.h ADD COLUMN b INT",
@@ -324,7 +328,7 @@ func TestMySQLRestartAfterSeveralDDLs(t *testing.T) {
 	}
 	// The replay re-sends the same events: read them from the offsets the
 	// first pass ended at.
-	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, "test.app.h", "test.app.h2", "test.app.hnew")
+	ends, err := kadm.NewClient(kgoClient(t, m.brokers)).ListEndOffsets(ctx, "test.app.h", "test.app.h2", "test.app.hnew")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -752,13 +756,8 @@ func TestMySQLUntrackedDDLReplay(t *testing.T) {
 	cfg := m.config([]string{"app.t"}, func(c *config.Config) { c.Source.StatusInterval = 30 * time.Second })
 	r := e.start(cfg, daemon.Options{})
 	r.stop(t)
-	cl := kgoClient(t, m.brokers)
-	store := kafka.NewStore(cl, kafka.NewTopics(cl, cfg.Kafka.Topics, nil), "test.offsets")
+	store, old := m.storedPosition(cfg)
 	ctx := context.Background()
-	old, err := store.Load(ctx, "mysql/test/position")
-	if err != nil || old == nil {
-		t.Fatalf("no stored position after the first run: %v", err)
-	}
 
 	want := map[string]string{
 		"1": `{"a":"before","id":1}`,
@@ -796,7 +795,7 @@ func TestMySQLUntrackedDDLReplay(t *testing.T) {
 	if err := store.Save(ctx, "mysql/test/position", old); err != nil {
 		t.Fatal(err)
 	}
-	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, "test.app.t")
+	ends, err := kadm.NewClient(kgoClient(t, m.brokers)).ListEndOffsets(ctx, "test.app.t")
 	if err != nil {
 		t.Fatal(err)
 	}

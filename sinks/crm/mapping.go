@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -73,6 +74,24 @@ func (ps Problems) Error() string {
 		msgs[i] = p.Error()
 	}
 	return strings.Join(msgs, "; ")
+}
+
+// CheckURL adds a problem for key unless v is an http:// or https:// URL.
+func (ps *Problems) CheckURL(key, v string) {
+	if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		*ps = append(*ps, Problem{Key: key, Msg: fmt.Sprintf("%q: want an http:// or https:// URL", v)})
+	}
+}
+
+// CheckLimits adds the problems of a batch size (1 to most) and of the
+// client's rate.
+func (ps *Problems) CheckLimits(batchSize, most int, c ClientConfig) {
+	if batchSize < 1 || batchSize > most {
+		*ps = append(*ps, Problem{Key: "batch_size", Msg: fmt.Sprintf("must be between 1 and %d", most)})
+	}
+	if c.RatePerSecond < 0 {
+		*ps = append(*ps, Problem{Key: "rate_per_second", Msg: "must not be negative"})
+	}
 }
 
 // Err returns ps as an error, nil when empty.

@@ -480,24 +480,7 @@ func TestS3Warehouse(t *testing.T) {
 		t.Fatal(err)
 	}
 	pathStyle := true
-	cfg := Config{Name: "s", Warehouse: "s3://lake/wh", Catalog: t.TempDir() + "/catalog.db",
-		S3: S3Config{Endpoint: srv.URL, Region: "us-east-1", AccessKeyID: "key", SecretAccessKey: "secret", PathStyle: &pathStyle}}
-	s := newSink(t, cfg)
-	bt := &batcher{t: itemsTable()}
-	mustApply(t, s, bt.batch(
-		bt.row(change.OpCreate, map[string]string{"id": "1", "name": `"a"`}),
-		bt.row(change.OpCreate, map[string]string{"id": "2", "name": `"b"`}),
-	))
-	mustApply(t, s, bt.batch(bt.row(change.OpUpdate, map[string]string{"id": "2", "name": `"b2"`}),
-		bt.row(change.OpDelete, map[string]string{"id": "1"})))
-	got := rowsByID(t, cfg)
-	if len(got) != 1 || got["2"]["name"] != "b2" {
-		t.Errorf("rows %v, want only 2 (b2)", got)
-	}
-	tbl := loadTable(t, cfg)
-	if !strings.HasPrefix(tbl.Location(), "s3://lake/wh/") {
-		t.Errorf("table location %s", tbl.Location())
-	}
+	checkS3Warehouse(t, S3Config{Endpoint: srv.URL, Region: "us-east-1", AccessKeyID: "key", SecretAccessKey: "secret", PathStyle: &pathStyle})
 	list, err := backend.ListBucket("lake", &gofakes3.Prefix{}, gofakes3.ListBucketPage{})
 	if err != nil {
 		t.Fatal(err)
@@ -578,8 +561,14 @@ func TestPostgresCatalog(t *testing.T) {
 func TestRealS3Gateway(t *testing.T) {
 	gw := testenv.NewS3Gateway(t)
 	gw.CreateBucket(t, "lake")
-	cfg := Config{Name: "s", Warehouse: "s3://lake/wh", Catalog: t.TempDir() + "/catalog.db",
-		S3: S3Config{Endpoint: gw.Endpoint, Region: "us-east-1", AccessKeyID: gw.AccessKey, SecretAccessKey: gw.Secret}}
+	checkS3Warehouse(t, S3Config{Endpoint: gw.Endpoint, Region: "us-east-1", AccessKeyID: gw.AccessKey, SecretAccessKey: gw.Secret})
+}
+
+// checkS3Warehouse applies an upsert and a delete to a table in
+// s3://lake/wh through s3 and scans it back.
+func checkS3Warehouse(t *testing.T, s3 S3Config) {
+	t.Helper()
+	cfg := Config{Name: "s", Warehouse: "s3://lake/wh", Catalog: t.TempDir() + "/catalog.db", S3: s3}
 	s := newSink(t, cfg)
 	bt := &batcher{t: itemsTable()}
 	mustApply(t, s, bt.batch(

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -18,6 +17,7 @@ import (
 	"github.com/shopspring/decimal"
 
 	"github.com/tideline-cdc/tideline/pkg/change"
+	"github.com/tideline-cdc/tideline/pkg/codec"
 )
 
 // icebergType maps a source column to the Iceberg type of its target column
@@ -35,7 +35,7 @@ func icebergType(c change.Column) iceberg.Type {
 	case change.Decimal:
 		// Iceberg decimals stop at 38 digits; wider or unconstrained
 		// numerics stay text so that no digit is lost.
-		if p, s, ok := precision(c.Type); ok && p <= 38 && s >= 0 && s <= p {
+		if p, s, ok := change.Precision(c.Type); ok && p <= 38 && s >= 0 && s <= p {
 			return iceberg.DecimalTypeOf(p, s)
 		}
 		return iceberg.PrimitiveTypes.String
@@ -83,25 +83,6 @@ func promotion(have, want iceberg.Type) (iceberg.Type, bool) {
 	return nil, false
 }
 
-// precision parses "numeric(10,2)" or "decimal(30,10) unsigned".
-func precision(typ string) (p, s int, ok bool) {
-	open := strings.IndexByte(typ, '(')
-	end := strings.IndexByte(typ, ')')
-	if open < 0 || end < open {
-		return 0, 0, false
-	}
-	ps, ss, _ := strings.Cut(typ[open+1:end], ",")
-	p, err1 := strconv.Atoi(strings.TrimSpace(ps))
-	s, err2 := strconv.Atoi(strings.TrimSpace(ss))
-	if ss == "" {
-		s, err2 = 0, nil
-	}
-	if err1 != nil || err2 != nil || p <= 0 {
-		return 0, 0, false
-	}
-	return p, s, true
-}
-
 // convert turns a column's JSON value (docs/types.md) into the Go value
 // of the Iceberg type typ that the arrow builders take and the scans give
 // back: int32, int64, float32, float64, bool, string, []byte,
@@ -125,7 +106,7 @@ func convert(raw json.RawMessage, typ iceberg.Type, l change.Logical) (any, erro
 	var s string
 	if quoted {
 		var err error
-		if s, err = jsonString(raw); err != nil {
+		if s, err = codec.JSONString(raw); err != nil {
 			return nil, err
 		}
 	} else {
@@ -231,7 +212,7 @@ func text(raw json.RawMessage, l change.Logical) (any, error) {
 		}
 		return string(raw), nil
 	}
-	return jsonString(raw)
+	return codec.JSONString(raw)
 }
 
 // decimalValue parses a decimal's text exactly: a value with more
@@ -251,30 +232,6 @@ func decimalValue(s string, t iceberg.DecimalType) (any, error) {
 		return nil, fmt.Errorf("%s column: %s has more than %d digits", t, s, t.Precision())
 	}
 	return n, nil
-}
-
-// jsonString returns the content of the JSON string raw, without
-// json.Unmarshal for the common case of a string with no escapes.
-func jsonString(raw []byte) (string, error) {
-	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' && plainJSON(raw[1:n-1]) {
-		return string(raw[1 : n-1]), nil
-	}
-	var v string
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return "", err
-	}
-	return v, nil
-}
-
-// plainJSON reports whether s, the inside of a JSON string, is its own
-// content: no escape, quote or control character, and valid UTF-8.
-func plainJSON(s []byte) bool {
-	for _, c := range s {
-		if c == '\\' || c == '"' || c < 0x20 {
-			return false
-		}
-	}
-	return utf8.Valid(s)
 }
 
 // appendValue appends v (a value convert returns, or one read back by

@@ -53,6 +53,7 @@ import (
 
 	"github.com/tideline-cdc/tideline/pkg/apply"
 	"github.com/tideline-cdc/tideline/pkg/change"
+	"github.com/tideline-cdc/tideline/pkg/codec"
 	"github.com/tideline-cdc/tideline/pkg/objstore"
 )
 
@@ -390,8 +391,6 @@ func arrowSchema(t *change.Table) (*arrow.Schema, []conv) {
 	return arrow.NewSchema(fields, nil), convs
 }
 
-var precisionRe = regexp.MustCompile(`\((\d+),\s*(\d+)\)`)
-
 func arrowType(c change.Column) (arrow.DataType, conv) {
 	switch c.Logical {
 	case change.Int16:
@@ -451,7 +450,7 @@ func arrowType(c change.Column) (arrow.DataType, conv) {
 		return typ, func(b array.Builder, v json.RawMessage) error {
 			text := string(v)
 			if len(v) > 0 && v[0] == '"' {
-				s, err := unquote(v)
+				s, err := codec.JSONString(v)
 				if err != nil {
 					return err
 				}
@@ -483,7 +482,7 @@ func arrowType(c change.Column) (arrow.DataType, conv) {
 		}
 	case change.Bytes:
 		return arrow.BinaryTypes.Binary, func(b array.Builder, v json.RawMessage) error {
-			s, err := unquote(v)
+			s, err := codec.JSONString(v)
 			if err != nil {
 				return err
 			}
@@ -496,7 +495,7 @@ func arrowType(c change.Column) (arrow.DataType, conv) {
 		}
 	case change.TimestampTZ:
 		return &arrow.TimestampType{Unit: arrow.Microsecond, TimeZone: "UTC"}, func(b array.Builder, v json.RawMessage) error {
-			s, err := unquote(v)
+			s, err := codec.JSONString(v)
 			if err != nil {
 				return err
 			}
@@ -508,12 +507,10 @@ func arrowType(c change.Column) (arrow.DataType, conv) {
 			return nil
 		}
 	case change.Decimal:
-		if m := precisionRe.FindStringSubmatch(c.Type); m != nil {
-			p, _ := strconv.Atoi(m[1])
-			sc, _ := strconv.Atoi(m[2])
-			if p >= 1 && p <= 38 && sc <= p {
+		if p, sc, ok := change.Precision(c.Type); ok {
+			if p <= 38 && sc >= 0 && sc <= p {
 				return &arrow.Decimal128Type{Precision: int32(p), Scale: int32(sc)}, func(b array.Builder, v json.RawMessage) error {
-					s, err := unquote(v)
+					s, err := codec.JSONString(v)
 					if err != nil {
 						s = string(v) // a number
 					}
@@ -531,7 +528,7 @@ func arrowType(c change.Column) (arrow.DataType, conv) {
 	// decimals: the source's text (JSON and arrays as JSON text).
 	return arrow.BinaryTypes.String, func(b array.Builder, v json.RawMessage) error {
 		if len(v) > 0 && v[0] == '"' {
-			s, err := unquote(v)
+			s, err := codec.JSONString(v)
 			if err != nil {
 				return err
 			}
@@ -553,18 +550,6 @@ func intConv(put func(array.Builder, int64) error) conv {
 		}
 		return put(b, n)
 	}
-}
-
-// unquote reads a JSON string without allocating more than the result.
-func unquote(v json.RawMessage) (string, error) {
-	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' && bytes.IndexByte(v, '\\') < 0 {
-		return string(v[1 : len(v)-1]), nil
-	}
-	var s string
-	if err := json.Unmarshal(v, &s); err != nil {
-		return "", fmt.Errorf("%s is not a JSON string", v)
-	}
-	return s, nil
 }
 
 // buildRecord converts the rows run of tb to one Arrow record. A value the

@@ -24,10 +24,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/tideline-cdc/tideline/pkg/apply"
 	"github.com/tideline-cdc/tideline/pkg/change"
+	"github.com/tideline-cdc/tideline/pkg/codec"
 )
 
 // Config is a warehouse sink's configuration.
@@ -102,25 +102,6 @@ func DefaultTableFormat(typ string) string {
 	return "{schema}.{table}"
 }
 
-// precision parses "numeric(10,2)" or "decimal(30,10) unsigned".
-func precision(typ string) (p, s int, ok bool) {
-	open := strings.IndexByte(typ, '(')
-	end := strings.IndexByte(typ, ')')
-	if open < 0 || end < open {
-		return 0, 0, false
-	}
-	ps, ss, _ := strings.Cut(typ[open+1:end], ",")
-	p, err1 := strconv.Atoi(strings.TrimSpace(ps))
-	s, err2 := strconv.Atoi(strings.TrimSpace(ss))
-	if ss == "" {
-		s, err2 = 0, nil
-	}
-	if err1 != nil || err2 != nil || p <= 0 {
-		return 0, 0, false
-	}
-	return p, s, true
-}
-
 // length parses the n of "varchar(n)", or 0.
 func length(typ string) int {
 	open := strings.IndexByte(typ, '(')
@@ -161,7 +142,7 @@ func appendText(dst []byte, raw json.RawMessage, l change.Logical, st textStyle)
 	switch l {
 	case change.JSON:
 		// The JSON text, carried in a JSON string.
-		out, err := appendJSONString(dst, raw)
+		out, err := codec.AppendJSONString(dst, raw)
 		if err != nil {
 			return dst, false, fmt.Errorf("json column: want a string holding JSON, got %.60s", raw)
 		}
@@ -175,13 +156,13 @@ func appendText(dst []byte, raw json.RawMessage, l change.Logical, st textStyle)
 	if raw[0] == '"' {
 		switch l {
 		case change.Int16, change.Int32, change.Int64, change.Uint64, change.Bool:
-			v, err := jsonString(raw)
+			v, err := codec.JSONString(raw)
 			if err != nil {
 				return dst, false, err
 			}
 			return dst, false, fmt.Errorf("%s column: got the string %q", l, v)
 		case change.TimestampTZ:
-			v, err := jsonString(raw)
+			v, err := codec.JSONString(raw)
 			if err != nil {
 				return dst, false, err
 			}
@@ -190,7 +171,7 @@ func appendText(dst []byte, raw json.RawMessage, l change.Logical, st textStyle)
 		// Decimal, strings, uuid, timetz, interval, float NaN/Infinity,
 		// and date-times PostgreSQL could not give a number for
 		// ("infinity"): the target parses the text.
-		out, err := appendJSONString(dst, raw)
+		out, err := codec.AppendJSONString(dst, raw)
 		if err != nil {
 			return dst, false, err
 		}
@@ -367,50 +348,6 @@ func plainInt(s []byte) bool {
 		}
 	}
 	return true
-}
-
-// jsonString returns the content of the JSON string raw. Most strings
-// need no unescaping: their content is raw's inner bytes, taken without
-// json.Unmarshal's reflection. Any other string (escapes, or bytes
-// json.Unmarshal rejects or replaces) goes through json.Unmarshal, so that
-// both paths give the same result.
-func jsonString(raw []byte) (string, error) {
-	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' && plainJSON(raw[1:n-1]) {
-		return string(raw[1 : n-1]), nil
-	}
-	var v string
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return "", err
-	}
-	return v, nil
-}
-
-// appendJSONString is jsonString appending to dst.
-func appendJSONString(dst, raw []byte) ([]byte, error) {
-	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' && plainJSON(raw[1:n-1]) {
-		return append(dst, raw[1:n-1]...), nil
-	}
-	var v string
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return dst, err
-	}
-	return append(dst, v...), nil
-}
-
-// plainJSON reports whether s, the inside of a JSON string, is its own
-// content: no escape, no quote or control character (invalid unescaped)
-// and valid UTF-8 (json.Unmarshal replaces invalid bytes with U+FFFD).
-func plainJSON(s []byte) bool {
-	ascii := true
-	for _, c := range s {
-		if c == '\\' || c == '"' || c < 0x20 {
-			return false
-		}
-		if c >= utf8.RuneSelf {
-			ascii = false
-		}
-	}
-	return ascii || utf8.Valid(s)
 }
 
 // microTime renders microseconds as [-]HH:MM:SS.ffffff (hours may pass 24:

@@ -10,24 +10,6 @@ import (
 	"github.com/tideline-cdc/tideline/pkg/change"
 )
 
-// TestJSONString checks that jsonString's shortcut for strings without
-// escapes gives what json.Unmarshal gives, errors included.
-func TestJSONString(t *testing.T) {
-	for _, raw := range []string{
-		`""`, `"abc"`, `"héllo 😀"`, `"a\"b"`, `"a\\b"`, `"\u00e9\n"`, `"{\"a\": [1]}"`,
-		"\"\xff\xfe\"",  // invalid UTF-8: json.Unmarshal replaces it
-		"\"a\tb\"",      // a raw control character: json.Unmarshal refuses it
-		`"a"b"`, `"abc`, // not one JSON string
-	} {
-		var want string
-		werr := json.Unmarshal([]byte(raw), &want)
-		got, err := jsonString([]byte(raw))
-		if got != want || (err == nil) != (werr == nil) {
-			t.Errorf("jsonString(%q) = %q, %v; json.Unmarshal gives %q, %v", raw, got, err, want, werr)
-		}
-	}
-}
-
 func TestTextValue(t *testing.T) {
 	for _, c := range []struct {
 		raw  string

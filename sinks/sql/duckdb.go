@@ -176,7 +176,7 @@ func (d *DuckDB) duckType(c change.Column) string {
 	case change.Decimal:
 		// DuckDB's DECIMAL stops at 38 digits; wider or unconstrained
 		// numerics stay text so that no digit is lost.
-		if p, s, ok := precision(c.Type); ok && p <= 38 && s >= 0 && s <= p {
+		if p, s, ok := change.Precision(c.Type); ok && p <= 38 && s >= 0 && s <= p {
 			return fmt.Sprintf("DECIMAL(%d,%d)", p, s)
 		}
 		return "VARCHAR"

@@ -144,7 +144,7 @@ func myType(c change.Column) string {
 	case change.Uint64:
 		return "BIGINT UNSIGNED"
 	case change.Decimal:
-		if p, s, ok := precision(c.Type); ok && p <= 65 && s <= 30 && s <= p {
+		if p, s, ok := change.Precision(c.Type); ok && p <= 65 && s <= 30 && s <= p {
 			return fmt.Sprintf("DECIMAL(%d,%d)", p, s)
 		}
 		return "DECIMAL(65,30)"

@@ -96,7 +96,7 @@ func pgType(c change.Column) string {
 	case change.Uint64:
 		return "numeric(20,0)"
 	case change.Decimal:
-		if p, s, ok := precision(c.Type); ok && p <= 1000 {
+		if p, s, ok := change.Precision(c.Type); ok && p <= 1000 {
 			return fmt.Sprintf("numeric(%d,%d)", p, s)
 		}
 		return "numeric"

@@ -89,18 +89,11 @@ func (cfg *Config) defaults() {
 func (cfg Config) Validate() crm.Problems {
 	cfg.defaults()
 	ps := cfg.Mapping.Check()
-	if u, err := url.Parse(cfg.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		ps = append(ps, crm.Problem{Key: "url", Msg: fmt.Sprintf("%q: want an http:// or https:// URL", cfg.URL)})
-	}
+	ps.CheckURL("url", cfg.URL)
 	if cfg.Token == "" {
 		ps = append(ps, crm.Problem{Key: "token", Msg: "is required (a private app's access token, e.g. ${HUBSPOT_TOKEN})"})
 	}
-	if cfg.BatchSize < 1 || cfg.BatchSize > MaxBatch {
-		ps = append(ps, crm.Problem{Key: "batch_size", Msg: fmt.Sprintf("must be between 1 and %d", MaxBatch)})
-	}
-	if cfg.Client.RatePerSecond < 0 {
-		ps = append(ps, crm.Problem{Key: "rate_per_second", Msg: "must not be negative"})
-	}
+	ps.CheckLimits(cfg.BatchSize, MaxBatch, cfg.Client)
 	return ps
 }
 

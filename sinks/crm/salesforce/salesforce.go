@@ -120,18 +120,11 @@ var versionRe = regexp.MustCompile(`^\d+\.\d$`)
 func (cfg Config) Validate() crm.Problems {
 	cfg.defaults()
 	ps := cfg.Mapping.Check()
-	httpURL := func(key, v string) {
-		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			ps = append(ps, crm.Problem{Key: key, Msg: fmt.Sprintf("%q: want an http:// or https:// URL", v)})
-		}
-	}
-	httpURL("instance_url", cfg.InstanceURL)
+	ps.CheckURL("instance_url", cfg.InstanceURL)
 	if !versionRe.MatchString(cfg.APIVersion) {
 		ps = append(ps, crm.Problem{Key: "api_version", Msg: fmt.Sprintf("%q: want e.g. 62.0", cfg.APIVersion)})
 	}
-	if cfg.BatchSize < 1 || cfg.BatchSize > MaxBatch {
-		ps = append(ps, crm.Problem{Key: "batch_size", Msg: fmt.Sprintf("must be between 1 and %d", MaxBatch)})
-	}
+	ps.CheckLimits(cfg.BatchSize, MaxBatch, cfg.Client)
 	a := cfg.Auth
 	switch {
 	case a.AccessToken != "":
@@ -147,10 +140,7 @@ func (cfg Config) Validate() crm.Problems {
 		ps = append(ps, crm.Problem{Key: "client_secret", Msg: "is required for the client credentials flow"})
 	}
 	if cfg.InstanceURL != "" {
-		httpURL("token_url", a.TokenURL)
-	}
-	if cfg.Client.RatePerSecond < 0 {
-		ps = append(ps, crm.Problem{Key: "rate_per_second", Msg: "must not be negative"})
+		ps.CheckURL("token_url", a.TokenURL)
 	}
 	return ps
 }

@@ -28,6 +28,7 @@
 package webhook
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -35,7 +36,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
 	"sort"
 
 	"go.uber.org/zap"
@@ -43,6 +43,9 @@ import (
 	"github.com/tideline-cdc/tideline/pkg/apply"
 	"github.com/tideline-cdc/tideline/sinks/crm"
 )
+
+// DefaultBatch is the default batch_size.
+const DefaultBatch = 100
 
 // The headers every request carries.
 const (
@@ -73,15 +76,8 @@ type Config struct {
 // checks the mapping against each table).
 func (cfg Config) Validate() crm.Problems {
 	ps := cfg.Mapping.Check()
-	if u, err := url.Parse(cfg.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		ps = append(ps, crm.Problem{Key: "url", Msg: fmt.Sprintf("%q: want an http:// or https:// URL", cfg.URL)})
-	}
-	if cfg.BatchSize < 0 || cfg.BatchSize > 10000 {
-		ps = append(ps, crm.Problem{Key: "batch_size", Msg: "must be between 1 and 10000"})
-	}
-	if cfg.Client.RatePerSecond < 0 {
-		ps = append(ps, crm.Problem{Key: "rate_per_second", Msg: "must not be negative"})
-	}
+	ps.CheckURL("url", cfg.URL)
+	ps.CheckLimits(cmp.Or(cfg.BatchSize, DefaultBatch), 10000, cfg.Client)
 	return ps
 }
 
@@ -101,7 +97,7 @@ func New(cfg Config, log *zap.Logger) (*Sink, error) {
 		return nil, fmt.Errorf("webhook sink %s: %w", cfg.Name, err)
 	}
 	if cfg.BatchSize == 0 {
-		cfg.BatchSize = 100
+		cfg.BatchSize = DefaultBatch
 	}
 	return &Sink{cfg: cfg, log: log, engine: crm.NewEngine(cfg.Name, cfg.Mapping), client: crm.NewClient(cfg.Client, nil)}, nil
 }
