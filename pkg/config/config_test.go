@@ -269,6 +269,26 @@ func TestSecretNeverPrints(t *testing.T) {
 	}
 }
 
+// TestSinkBatchDefaults checks each kind of sink's batch defaults and that
+// a value the config gives is kept.
+func TestSinkBatchDefaults(t *testing.T) {
+	base := "name: app\nsource:\n  type: postgres\n  dsn: postgres://u@h/db\n  tables: [public.t]\nsinks:\n"
+	c, err := Parse([]byte(base + "  - name: pg\n    type: postgres\n    dsn: postgres://u@h/w\n" +
+		"  - name: dw\n    type: duckdb\n    path: w.duckdb\n" +
+		"  - name: dw2\n    type: duckdb\n    path: w2.duckdb\n    batch_records: 500\n    batch_bytes: 1MiB\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []struct {
+		records int
+		bytes   ByteSize
+	}{{10000, 16 << 20}, {50_000, 32 << 20}, {500, 1 << 20}} {
+		if s := c.Sinks[i]; s.BatchRecords != want.records || s.BatchBytes != want.bytes || s.Linger != 200*time.Millisecond {
+			t.Errorf("sink %s: batch_records %d, batch_bytes %d, linger %s; want %d, %d, 200ms", s.Name, s.BatchRecords, s.BatchBytes, s.Linger, want.records, want.bytes)
+		}
+	}
+}
+
 func TestLakeSinkKeys(t *testing.T) {
 	base := "name: app\nsource:\n  type: postgres\n  dsn: postgres://u@h/db\n  tables: [public.t]\nsinks:\n"
 	c, err := Parse([]byte(base + "  - name: log\n    type: parquet\n    path: s3://lake/x\n    s3: {endpoint: http://127.0.0.1:9000, path_style: true}\n"))

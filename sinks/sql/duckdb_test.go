@@ -221,6 +221,32 @@ func TestDuckDBDelete(t *testing.T) {
 	e.expect(t, "SELECT id, name FROM public.items ORDER BY id", "1|again", "2|b")
 }
 
+// TestDuckDBDeleteKeepOpen checks the tombstones with the file held open:
+// the sink remembers that a table has none (and skips looking) until it
+// writes one, and a new sink on the file finds those another left.
+func TestDuckDBDeleteKeepOpen(t *testing.T) {
+	e := newDuckEnv(t)
+	s := e.sink(t, Config{KeepOpen: true})
+	tb := dtable("items", key(col("id", change.Int64, "int8")), col("name", change.String, "text"))
+	insert := batch(tb, drow(tb, change.OpCreate, 2, `1`, `"a"`), drow(tb, change.OpCreate, 3, `2`, `"b"`))
+	mustApply(t, s, insert)
+	mustApply(t, s, insert) // no tombstones yet: a replay merges
+	mustApply(t, s, batch(tb, drow(tb, change.OpDelete, 5, `1`, ``)))
+	mustApply(t, s, insert) // the same sink: the row stays deleted
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.expect(t, "SELECT id, name FROM public.items ORDER BY id", "2|b")
+
+	s2 := e.sink(t, Config{KeepOpen: true})
+	mustApply(t, s2, insert) // a new sink: it finds the tombstone
+	mustApply(t, s2, batch(tb, drow(tb, change.OpCreate, 6, `3`, `"c"`)))
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.expect(t, "SELECT id, name FROM public.items ORDER BY id", "2|b", "3|c")
+}
+
 func TestDuckDBTruncate(t *testing.T) {
 	e := newDuckEnv(t)
 	s := e.sink(t, Config{})
@@ -285,7 +311,7 @@ func TestDuckDBLargeBatch(t *testing.T) {
 	e := newDuckEnv(t)
 	s := e.sink(t, Config{})
 	tb := dtable("items", key(col("id", change.Int64, "int8")), col("name", change.String, "text"))
-	const n = 5000 // more than one appender chunk (2048 rows)
+	const n = 5000 // more than one vector of tideline_rows (2048 rows)
 	var rows []apply.Row
 	for i := range n {
 		rows = append(rows, drow(tb, change.OpCreate, i+1, fmt.Sprint(i), fmt.Sprintf(`"n%d"`, i)))
@@ -362,6 +388,15 @@ func TestDuckDBBadValues(t *testing.T) {
 	var re *apply.RowError
 	if !errors.As(err, &re) || re.Index != 1 || !strings.Contains(err.Error(), "qty") {
 		t.Fatalf("got %v, want a RowError for row 1, column qty", err)
+	}
+	// Text that is not UTF-8 (DuckDB's VARCHAR must be; arrays pass as
+	// their JSON text): that row's fault too.
+	arr := dtable("arrays", key(col("id", change.Int32, "int4")), col("a", change.Array, "text[]"))
+	err = s.Apply(context.Background(), batch(arr,
+		drow(arr, change.OpCreate, 2, `2`, `["x"]`),
+		drow(arr, change.OpCreate, 3, `3`, "[\"\xff\"]")))
+	if !errors.As(err, &re) || re.Index != 1 || !strings.Contains(err.Error(), "column a: not valid UTF-8") {
+		t.Fatalf("got %v, want a RowError for row 1, column a", err)
 	}
 
 	// Values only DuckDB rejects: permanent, and nothing of the batch is
@@ -592,8 +627,8 @@ func TestDuckDBHoldHelper(t *testing.T) {
 	fmt.Println("released")
 }
 
-// TestDuckDBAwkwardText stages text that the CSV file must quote (commas,
-// quotes, line breaks) and tells an empty string from NULL; the creates
+// TestDuckDBAwkwardText writes text that a text format would have to quote
+// (commas, quotes, line breaks) and tells an empty string from NULL; the creates
 // are inserted directly, then replayed (their keys taken: merged), then
 // a newer create of a key the target holds wins.
 func TestDuckDBAwkwardText(t *testing.T) {
