@@ -287,8 +287,9 @@ func (r *report) printSinks(w io.Writer) {
 	if !s.ran {
 		return
 	}
-	fmt.Fprintf(w, "\nSinks: %s changes (%s inserts, %s updates) applied from Kafka (%d partitions) by the sink runtime (batch_records %d, batch_bytes %d MiB, linger %s), ",
-		thousands(s.changes), thousands(s.creates), thousands(s.updates), sinkPartitions, s.settings.BatchRecords, s.settings.BatchBytes>>20, s.settings.Linger)
+	fmt.Fprintf(w, "\nSinks: %s changes (%s inserts, %s updates) applied from Kafka (%d partitions) by the sink runtime with each sink's default batches (PostgreSQL and MariaDB: batch_records %d, batch_bytes %d MiB; DuckDB: %d, %d MiB; linger %s), ",
+		thousands(s.changes), thousands(s.creates), thousands(s.updates), sinkPartitions, s.settings.BatchRecords, s.settings.BatchBytes>>20,
+		s.duckSettings.BatchRecords, s.duckSettings.BatchBytes>>20, s.settings.Linger)
 	fmt.Fprintf(w, "each target from offset 0 in a fresh consumer group, timed from the runtime's start until the group committed the end of every partition; ")
 	fmt.Fprintf(w, "beside it, the target's own bulk load of the %s resulting rows from a CSV file into a fresh table with the same columns and primary key (no _tideline_ columns). ", thousands(s.creates))
 	fmt.Fprintf(w, "Ratio = sink changes/s / bulk rows/s. The targets run on this machine and share its %d CPUs with the sink and the broker.\n\n", r.facts.cpus)

@@ -83,7 +83,8 @@ type sinkReport struct {
 	err              error // produce or setup failure: no figures
 	changes          int
 	creates, updates int
-	settings         config.Sink // the runtime's batch settings
+	settings         config.Sink // the runtime's batch settings (PostgreSQL, MariaDB)
+	duckSettings     config.Sink // DuckDB's
 	produceTook      time.Duration
 	kafkaBytes       int64 // keys and values produced
 	csvBytes         int64
@@ -209,6 +210,7 @@ func (b *bench) workloadSinks(ctx context.Context) (rep sinkReport) {
 	rep.creates = max(rep.changes*4/5, 1)
 	rep.updates = rep.changes - rep.creates
 	rep.settings = sinkSettings("postgres")
+	rep.duckSettings = sinkSettings("duckdb")
 	targets, err := parseSinkTargets(b.o.sinkTargets)
 	if err != nil {
 		rep.err = err
