@@ -661,3 +661,48 @@ func TestDuckDBAwkwardText(t *testing.T) {
 	mustApply(t, s, batch(tb, drow(tb, change.OpCreate, 2, "0", `"newer"`)))
 	e.expect(t, q, want("newer")...)
 }
+
+// TestDuckDBRowsFunction calls tideline_rows as a statement of the sink
+// would, and with the arguments only a mistake would give it.
+func TestDuckDBRowsFunction(t *testing.T) {
+	e := newDuckEnv(t)
+	s := e.sink(t, Config{KeepOpen: true})
+	tb := dtable("items", key(col("id", change.Int64, "int8")), col("name", change.String, "text"))
+	b := batch(tb, drow(tb, change.OpCreate, 1, `1`, `"a"`), drow(tb, change.OpUpdate, 2, `2`, ``), drow(tb, change.OpDelete, 3, `3`, ``))
+	mustApply(t, s, b) // opens the file and registers the function
+	rows, err := renderDuck(target{schema: "public", name: "items"}, b, groupByPresence(b.Rows), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows.direct = true
+	s.cur = rows
+	defer func() { s.cur = nil }()
+	ctx := context.Background()
+	for q, want := range map[string]string{
+		"SELECT string_agg(_k || ':' || c0 || ':' || coalesce(c1, 'NULL'), ' ' ORDER BY _k) FROM " + duckRowsSQL(-1, pickKeys, "_k", "c0", "c1"): `{"id":1}:1:a {"id":2}:2:NULL {"id":3}:3:NULL`,
+		"SELECT string_agg(c0 || _op, ' ' ORDER BY c0) FROM " + duckRowsSQL(-1, pickMerge, "c0", "_op"):                                          "2u",
+		"SELECT string_agg(c0 || _pos, ' ' ORDER BY c0) FROM " + duckRowsSQL(-1, pickDirect, "c0", "_pos"):                                       "1" + string(dord(1)),
+		"SELECT count(*) FROM " + duckRowsSQL(-1, pickDelete, "_k"):                                                                              "1",
+	} {
+		var got string
+		if err := s.conn.QueryRowContext(ctx, q).Scan(&got); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		if got != want {
+			t.Errorf("%s: got %q, want %q", q, got, want)
+		}
+	}
+	for q, want := range map[string]string{
+		"SELECT * FROM " + duckRowsSQL(0, "all", "_k"):    `no pick "all"`,
+		"SELECT * FROM " + duckRowsSQL(0, pickKeys, "c9"): `no column "c9"`,
+		"SELECT * FROM " + duckRowsSQL(0, pickKeys, "x"):  `no column "x"`,
+	} {
+		if _, err := s.conn.ExecContext(ctx, q); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want an error with %q", q, err, want)
+		}
+	}
+	s.cur = nil
+	if _, err := s.conn.ExecContext(ctx, "SELECT * FROM "+duckRowsSQL(0, pickKeys, "_k")); err == nil || !strings.Contains(err.Error(), "no batch is being applied") {
+		t.Errorf("with no batch: got %v", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,9 +18,10 @@ import (
 )
 
 // A batch reaches DuckDB through a table function of the sink's
-// connection, tideline_rows(group, pick): DuckDB pulls the batch's rows
-// from Go in vectors of 2048, with no file or text format in between, and
-// each statement reads only the rows it writes (pick). Every value is
+// connection, tideline_rows(group, pick, columns): DuckDB pulls the
+// batch's rows from Go in vectors of 2048, with no file or text format in
+// between, and each statement reads only the rows (pick) and columns it
+// writes. Every value is
 // VARCHAR, the text appendText renders; the statements cast it to the
 // column's type (duckValue).
 const duckRowsFunc = "tideline_rows"
@@ -192,6 +194,9 @@ func registerRows(conn *sql.Conn, cur func() *duckRows) error {
 			}
 			n, _ := args[0].(int32)
 			pick, _ := args[1].(string)
+			if !slices.Contains([]string{pickKeys, pickDirect, pickDelete, pickMerge}, pick) {
+				return nil, fmt.Errorf("%s: no pick %q", duckRowsFunc, pick)
+			}
 			names, _ := args[2].(string)
 			src := &duckSource{r: r, varchar: varchar}
 			for _, name := range strings.Split(names, ",") {
