@@ -282,7 +282,7 @@ func TestSinkBatchDefaults(t *testing.T) {
 	for i, want := range []struct {
 		records int
 		bytes   ByteSize
-	}{{10000, 16 << 20}, {50_000, 32 << 20}, {500, 1 << 20}} {
+	}{{10000, 16 << 20}, {25_000, 16 << 20}, {500, 1 << 20}} {
 		if s := c.Sinks[i]; s.BatchRecords != want.records || s.BatchBytes != want.bytes || s.Linger != 200*time.Millisecond {
 			t.Errorf("sink %s: batch_records %d, batch_bytes %d, linger %s; want %d, %d, 200ms", s.Name, s.BatchRecords, s.BatchBytes, s.Linger, want.records, want.bytes)
 		}

@@ -96,7 +96,7 @@ func (s *Sink) defaults(pipeline string) {
 	records, bytes, linger := 10000, ByteSize(16<<20), 200*time.Millisecond
 	switch s.Type {
 	case "duckdb":
-		records, bytes = 50_000, 32<<20
+		records = 25_000
 	case "parquet", "iceberg":
 		records, bytes, linger = 250_000, 64<<20, 10*time.Second
 	}
