@@ -507,7 +507,10 @@ func arrowType(c change.Column) (arrow.DataType, conv) {
 			return nil
 		}
 	case change.Decimal:
-		if p, sc, ok := change.Precision(c.Type); ok {
+		// Only a type with both precision and scale ("numeric(10,2)") is a
+		// DECIMAL here; "numeric(10)" stays text, as files already
+		// written have it.
+		if p, sc, ok := change.Precision(c.Type); ok && strings.Contains(c.Type, ",") {
 			if p <= 38 && sc >= 0 && sc <= p {
 				return &arrow.Decimal128Type{Precision: int32(p), Scale: int32(sc)}, func(b array.Builder, v json.RawMessage) error {
 					s, err := codec.JSONString(v)

@@ -322,3 +322,21 @@ func TestChangesResentByTheCaptureAreSkipped(t *testing.T) {
 		t.Errorf("files %v: want the first batch's and one holding offset 7 only", got)
 	}
 }
+
+// TestDecimalTypes pins which numeric types become Parquet DECIMALs: only
+// those with precision and scale, so that files written before keep
+// their column types.
+func TestDecimalTypes(t *testing.T) {
+	for typ, want := range map[string]string{
+		"numeric(10,2)":            "decimal(10, 2)",
+		"decimal(30, 10) unsigned": "decimal(30, 10)",
+		"numeric(10)":              "utf8",
+		"numeric":                  "utf8",
+		"numeric(40,2)":            "utf8",
+	} {
+		got, _ := arrowType(change.Column{Name: "n", Type: typ, Logical: change.Decimal})
+		if got.String() != want {
+			t.Errorf("%s: got %s, want %s", typ, got, want)
+		}
+	}
+}
