@@ -114,8 +114,12 @@ type folded struct {
 }
 
 // newFolder returns a folder for a topic of which about hint records are
-// expected (sizing its map).
+// expected (sizing its map; with history, which keeps every change, no
+// row goes through the map).
 func newFolder(topic string, history, before bool, hint int) *folder {
+	if history {
+		hint = 0
+	}
 	return &folder{topic: topic, history: history, before: before || history, rows: make(map[string]*folded, hint)}
 }
 

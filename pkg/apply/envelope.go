@@ -5,7 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
+
+	"github.com/tideline-cdc/tideline/pkg/codec"
 )
 
 // field is one member of a row image: the column's name and its raw JSON
@@ -58,12 +59,8 @@ func parseEnvelope(b []byte, scratch []field) (parsed, []field, error) {
 		i = skipWS(b, i+1)
 		switch string(key) {
 		case "op":
-			start := i
-			if i, err = skipValue(b, i); err != nil {
-				return p, scratch, err
-			}
-			op, _, err := readString(b[start:i], 0)
-			if err != nil {
+			var op []byte
+			if op, i, err = readString(b, i); err != nil {
 				return p, scratch, fmt.Errorf("op: %w", err)
 			}
 			p.op = string(op)
@@ -194,7 +191,7 @@ func readSource(b []byte, i int) (ts int64, txID []byte, end int, err error) {
 		switch val := b[start:i]; string(key) {
 		case "ts_ms":
 			var ok bool
-			if ts, ok = parseInt(val); !ok {
+			if ts, ok = codec.ParseInt(val); !ok {
 				return 0, nil, i, fmt.Errorf("ts_ms %s: %w", val, errSyntax)
 			}
 		case "txId", "gtid":
@@ -218,30 +215,6 @@ func readSource(b []byte, i int) (ts int64, txID []byte, end int, err error) {
 		}
 		return 0, nil, i, fmt.Errorf("%w: want ',' or '}'", errSyntax)
 	}
-}
-
-// parseInt is strconv.ParseInt(string(s), 10, 64) without converting s to
-// a string for the common case: an optional minus and up to 18 digits.
-func parseInt(s []byte) (int64, bool) {
-	d := s
-	if len(d) > 0 && d[0] == '-' {
-		d = d[1:]
-	}
-	if len(d) == 0 || len(d) > 18 {
-		n, err := strconv.ParseInt(string(s), 10, 64)
-		return n, err == nil
-	}
-	var n int64
-	for _, c := range d {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(c-'0')
-	}
-	if len(s) > len(d) {
-		n = -n
-	}
-	return n, true
 }
 
 func skipWS(b []byte, i int) int {
@@ -331,7 +304,7 @@ func skipValue(b []byte, i int) (int, error) {
 		return len(b), fmt.Errorf("%w: unterminated %c", errSyntax, c)
 	default:
 		j := i
-		for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\n' && b[j] != '\t' && b[j] != '\r' {
+		for j < len(b) && !delimiter(b[j]) {
 			j++
 		}
 		if j == i {

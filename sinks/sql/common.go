@@ -128,8 +128,71 @@ type textStyle struct {
 // raw comes from the runtime's envelope parser: one JSON value, without
 // surrounding white space.
 func textValue(raw json.RawMessage, l change.Logical, st textStyle) (s string, null bool, err error) {
-	b, null, err := appendText(nil, raw, l, st)
+	// Most values fit: the string is then the only allocation.
+	var a [64]byte
+	b, null, err := appendText(a[:0], raw, l, st)
 	return string(b), null, err
+}
+
+// span is a value's place in rendered.text; end < 0 is NULL (or a value
+// the row does not carry).
+type span struct{ off, end int }
+
+// rendered is a batch's values rendered as text, all in one buffer.
+type rendered struct {
+	b    *apply.TableBatch
+	text []byte
+	vals []span // row i's value of column j at i*len(columns)+j
+}
+
+// value returns row i's value of column j, or false for NULL.
+func (r *rendered) value(i, j int) ([]byte, bool) {
+	v := r.vals[i*len(r.b.Table.Columns)+j]
+	if v.end < 0 {
+		return nil, false
+	}
+	return r.text[v.off:v.end], true
+}
+
+// render renders the values of b (target table) with appendText. post,
+// if not nil, checks or rewrites the value it just appended, text[off:],
+// and returns the text. A row without a key column, or a value its column
+// cannot hold or post refuses, is returned as that row's RowError.
+func render(table string, b *apply.TableBatch, st textStyle, post func(text []byte, off int) ([]byte, error)) (rendered, error) {
+	cols := b.Table.Columns
+	size := 0
+	for i := range b.Rows {
+		for _, v := range b.Rows[i].Values {
+			size += len(v)
+		}
+	}
+	r := rendered{b: b, text: make([]byte, 0, size+size/8), vals: make([]span, len(b.Rows)*len(cols))}
+	for i := range b.Rows {
+		vals := r.vals[i*len(cols) : (i+1)*len(cols)]
+		for j, v := range b.Rows[i].Values {
+			c := &cols[j]
+			vals[j] = span{end: -1}
+			if absent(v) {
+				if c.Key {
+					return rendered{}, keyAbsent(i, table, c.Name)
+				}
+				continue // never read by its group's statements
+			}
+			off := len(r.text)
+			out, null, err := appendText(r.text, v, c.Logical, st)
+			if err == nil && !null && post != nil {
+				out, err = post(out, off)
+			}
+			if err != nil {
+				return rendered{}, &apply.RowError{Index: i, Err: fmt.Errorf("column %s: %w", c.Name, err)}
+			}
+			r.text = out
+			if !null {
+				vals[j] = span{off: off, end: len(r.text)}
+			}
+		}
+	}
+	return r, nil
 }
 
 // appendText is textValue appending to dst: the sinks render a batch's
@@ -227,23 +290,12 @@ func appendText(dst []byte, raw json.RawMessage, l change.Logical, st textStyle)
 }
 
 // parseInt is strconv.ParseInt(string(s), 10, 64), with a shortcut for
-// the common case (plainInt).
+// the common case (codec.ParseInt).
 func parseInt(s []byte) (int64, error) {
-	if !plainInt(s) {
-		return strconv.ParseInt(string(s), 10, 64)
+	if n, ok := codec.ParseInt(s); ok {
+		return n, nil
 	}
-	d := s
-	if d[0] == '-' {
-		d = d[1:]
-	}
-	var n int64
-	for _, c := range d {
-		n = n*10 + int64(c-'0')
-	}
-	if len(d) < len(s) {
-		n = -n
-	}
-	return n, nil
+	return strconv.ParseInt(string(s), 10, 64) // for its error
 }
 
 // The microseconds of 0001-01-01 00:00:00 and 9999-12-31 23:59:59.999999

@@ -428,7 +428,7 @@ func (d *DuckDB) Apply(ctx context.Context, b *apply.TableBatch) (err error) {
 	// the rendered rows through tideline_rows. The earlier way, a CSV
 	// file that DuckDB's reader loaded into a staging table, spent about
 	// a quarter more time per batch in make bench.
-	rows, err := renderDuck(tg, b, groupByPresence(b.Rows), d.cfg.SoftDelete)
+	rows, err := renderDuck(tg, b, groupByPresence(b.Rows))
 	if err != nil {
 		return err
 	}
@@ -452,9 +452,7 @@ func (d *DuckDB) Apply(ctx context.Context, b *apply.TableBatch) (err error) {
 	if errors.Is(err, errKeyTaken) {
 		// A create's key has a target row (a replay): merge them all,
 		// and do so for the table's next batches too.
-		if dt := d.tables[tg]; dt != nil {
-			dt.pause = directPause
-		}
+		d.tables[tg].pause = directPause // ensure made it
 		err = d.apply(ctx, tg, rows, false)
 	}
 	if err != nil {
@@ -486,16 +484,12 @@ func (d *DuckDB) apply(ctx context.Context, tg target, r *duckRows, direct bool)
 			d.conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK") //nolint:errcheck // the failure is already reported
 		}
 	}()
-	r.direct = direct
 	if len(r.groups) > 0 {
 		if err := d.bury(ctx, tg, r); err != nil {
 			return err
 		}
 	}
-	dt := d.tables[tg]
-	if b.Truncate != nil || (!d.cfg.SoftDelete && r.count(-1, pickDelete) > 0) {
-		dt.tombs = tombsSome
-	}
+	r.assign(direct, d.cfg.SoftDelete)
 	if b.Truncate != nil {
 		if err := d.truncate(ctx, tg, b.Truncate); err != nil {
 			return err
@@ -583,6 +577,7 @@ func (d *DuckDB) truncate(ctx context.Context, tg target, order []byte) error {
 	if err != nil {
 		return fmt.Errorf("record the truncate of %s: %w", tg.duck(), classifyDuck(err))
 	}
+	d.tables[tg].tombs = tombsSome
 	return nil
 }
 
@@ -592,7 +587,7 @@ func (d *DuckDB) truncate(ctx context.Context, tg target, order []byte) error {
 // a row, the constraint violation aborts the transaction: errKeyTaken (as
 // in the PostgreSQL sink), and Apply merges the batch instead.
 func (d *DuckDB) insertGroup(ctx context.Context, tg target, r *duckRows, n int, g group) error {
-	if r.count(n, pickDirect) == 0 {
+	if len(r.rows(n, pickDirect)) == 0 {
 		return nil
 	}
 	var names, values, read []string
@@ -646,7 +641,7 @@ func (d *DuckDB) applyGroup(ctx context.Context, tg target, r *duckRows, n int, 
 		// Apply rejects the rows that lack a key column before writing.
 		return apply.Permanent(fmt.Errorf("changes of %s lack key columns", tg.duck()))
 	}
-	if !d.cfg.SoftDelete && r.count(n, pickDelete) > 0 {
+	if !d.cfg.SoftDelete && len(r.rows(n, pickDelete)) > 0 {
 		del := fmt.Sprintf("DELETE FROM %s AS t USING %s s WHERE %s AND t.%s < s._pos",
 			tg.duck(), duckRowsSQL(n, pickDelete, append(keyRead, duckPosition)...), strings.Join(keyMatch, " AND "), colPosition)
 		if _, err := d.conn.ExecContext(ctx, del); err != nil {
@@ -658,8 +653,9 @@ func (d *DuckDB) applyGroup(ctx context.Context, tg target, r *duckRows, n int, 
 		if _, err := d.conn.ExecContext(ctx, tomb, tg.name); err != nil {
 			return fmt.Errorf("record the deletes of %s: %w", tg.duck(), classifyDuck(err))
 		}
+		d.tables[tg].tombs = tombsSome
 	}
-	if r.count(n, pickMerge) == 0 {
+	if len(r.rows(n, pickMerge)) == 0 {
 		return nil
 	}
 

@@ -222,8 +222,8 @@ func TestDuckDBDelete(t *testing.T) {
 }
 
 // TestDuckDBDeleteKeepOpen checks the tombstones with the file held open:
-// the sink remembers that a table has none (and skips looking) until it
-// writes one, and a new sink on the file finds those another left.
+// the sink remembers that a table has none until it writes one, and a new
+// sink on the file finds those another left.
 func TestDuckDBDeleteKeepOpen(t *testing.T) {
 	e := newDuckEnv(t)
 	s := e.sink(t, Config{KeepOpen: true})
@@ -245,6 +245,20 @@ func TestDuckDBDeleteKeepOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.expect(t, "SELECT id, name FROM public.items ORDER BY id", "2|b", "3|c")
+}
+
+// TestDuckDBDeleteBetweenOpens checks that a sink which closes the file
+// between batches looks for tombstones again after each open: another
+// sink may have deleted a row meanwhile.
+func TestDuckDBDeleteBetweenOpens(t *testing.T) {
+	e := newDuckEnv(t)
+	a, b := e.sink(t, Config{}), e.sink(t, Config{})
+	tb := dtable("items", key(col("id", change.Int64, "int8")), col("name", change.String, "text"))
+	insert := batch(tb, drow(tb, change.OpCreate, 2, `1`, `"a"`), drow(tb, change.OpCreate, 3, `2`, `"b"`))
+	mustApply(t, a, insert) // a finds no tombstones
+	mustApply(t, b, batch(tb, drow(tb, change.OpDelete, 5, `1`, ``)))
+	mustApply(t, a, insert) // a replay: row 1 stays deleted
+	e.expect(t, "SELECT id, name FROM public.items ORDER BY id", "2|b")
 }
 
 func TestDuckDBTruncate(t *testing.T) {
@@ -670,11 +684,11 @@ func TestDuckDBRowsFunction(t *testing.T) {
 	tb := dtable("items", key(col("id", change.Int64, "int8")), col("name", change.String, "text"))
 	b := batch(tb, drow(tb, change.OpCreate, 1, `1`, `"a"`), drow(tb, change.OpUpdate, 2, `2`, ``), drow(tb, change.OpDelete, 3, `3`, ``))
 	mustApply(t, s, b) // opens the file and registers the function
-	rows, err := renderDuck(target{schema: "public", name: "items"}, b, groupByPresence(b.Rows), false)
+	rows, err := renderDuck(target{schema: "public", name: "items"}, b, groupByPresence(b.Rows))
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows.direct = true
+	rows.assign(true, false)
 	s.cur = rows
 	defer func() { s.cur = nil }()
 	ctx := context.Background()

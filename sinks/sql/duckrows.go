@@ -36,110 +36,82 @@ const (
 
 // duckRows is a batch rendered for tideline_rows.
 type duckRows struct {
-	b      *apply.TableBatch
+	rendered
 	groups []group
-	text   []byte // every value's text, one after the other
-	// vals holds, for row i and column j, the span of text at
-	// i*len(columns)+j; a NULL (or a value the row does not carry) has
-	// end -1.
-	vals []span
-	// group of each row; dead marks the rows deleted after they happened
-	// (buried); direct is the current attempt's choice of direct inserts.
-	group  []int
+	// dead marks the rows deleted after they happened (buried); picked
+	// holds, for each group, the rows each pick reads (see assign).
 	dead   []bool
-	direct bool
-	soft   bool
+	picked []map[string][]int
+	all    []int // every row, for pickKeys
 }
 
-type span struct{ off, end int }
-
 // renderDuck renders the values of b as DuckDB will read them. A value the
-// column cannot hold is that row's fault, found before the database is
-// even opened.
-func renderDuck(tg target, b *apply.TableBatch, groups []group, soft bool) (*duckRows, error) {
-	cols := b.Table.Columns
-	size := 0
+// column cannot hold, or text that is not UTF-8 (which DuckDB's VARCHAR
+// must be, and which it would take without a word), is that row's fault,
+// found before the database is even opened.
+func renderDuck(tg target, b *apply.TableBatch, groups []group) (*duckRows, error) {
 	for i := range b.Rows {
-		for _, v := range b.Rows[i].Values {
-			size += len(v)
+		if !utf8.Valid(b.Rows[i].Key) {
+			return nil, &apply.RowError{Index: i, Err: errors.New("key: not valid UTF-8")}
 		}
 	}
-	r := &duckRows{
-		b: b, groups: groups, soft: soft,
-		text:  make([]byte, 0, size),
-		vals:  make([]span, len(b.Rows)*len(cols)),
-		group: make([]int, len(b.Rows)),
-		dead:  make([]bool, len(b.Rows)),
-	}
-	st := textStyle{zone: true}
-	for n, g := range groups {
-		for _, i := range g.rows {
-			r.group[i] = n
-			row := &b.Rows[i]
-			if !utf8.Valid(row.Key) {
-				return nil, &apply.RowError{Index: i, Err: errors.New("key: not valid UTF-8")}
-			}
-			vals := r.vals[i*len(cols) : (i+1)*len(cols)]
-			for j, v := range row.Values {
-				c := &cols[j]
-				vals[j] = span{end: -1}
-				if absent(v) {
-					if c.Key {
-						return nil, keyAbsent(i, tg.duck(), c.Name)
-					}
-					continue // never read by its group's statements
-				}
-				off := len(r.text)
-				out, null, err := appendText(r.text, v, c.Logical, st)
-				if err != nil {
-					return nil, &apply.RowError{Index: i, Err: fmt.Errorf("column %s: %w", c.Name, err)}
-				}
-				r.text = out
-				if null {
-					continue
-				}
-				if !utf8.Valid(r.text[off:]) {
-					return nil, &apply.RowError{Index: i, Err: fmt.Errorf("column %s: not valid UTF-8", c.Name)}
-				}
-				vals[j] = span{off: off, end: len(r.text)}
-			}
+	rd, err := render(tg.duck(), b, textStyle{zone: true}, func(text []byte, off int) ([]byte, error) {
+		if !utf8.Valid(text[off:]) {
+			return text, errors.New("not valid UTF-8")
 		}
+		return text, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	r := &duckRows{rendered: rd, groups: groups, dead: make([]bool, len(b.Rows)), all: make([]int, len(b.Rows))}
+	for i := range r.all {
+		r.all[i] = i
 	}
 	return r, nil
 }
 
-// picks reports whether row i is one of group n's pick rows (of any
-// group's if n < 0).
-func (r *duckRows) picks(i, n int, pick string) bool {
-	if pick == pickKeys {
-		return true
+// assign sorts each group's rows that are not dead to the statements
+// that read them: with direct, creates are inserted; deletes are joined;
+// the rest (deletes too with soft) are merged. Call it after bury.
+func (r *duckRows) assign(direct, soft bool) {
+	r.picked = make([]map[string][]int, len(r.groups))
+	for n, g := range r.groups {
+		p := map[string][]int{}
+		for _, i := range g.rows {
+			if r.dead[i] {
+				continue
+			}
+			switch op := r.b.Rows[i].Op; {
+			case direct && (op == change.OpCreate || op == change.OpRead):
+				p[pickDirect] = append(p[pickDirect], i)
+			case op == change.OpDelete:
+				p[pickDelete] = append(p[pickDelete], i)
+				if soft {
+					p[pickMerge] = append(p[pickMerge], i)
+				}
+			default:
+				p[pickMerge] = append(p[pickMerge], i)
+			}
+		}
+		r.picked[n] = p
 	}
-	if r.dead[i] || (n >= 0 && r.group[i] != n) {
-		return false
-	}
-	op := r.b.Rows[i].Op
-	create := op == change.OpCreate || op == change.OpRead
-	switch pick {
-	case pickDirect:
-		return r.direct && create
-	case pickDelete:
-		return op == change.OpDelete
-	case pickMerge:
-		return !(r.direct && create) && (r.soft || op != change.OpDelete)
-	}
-	return false
 }
 
-// count is how many rows of group n (every group if n < 0) a statement
-// reading pick would see.
-func (r *duckRows) count(n int, pick string) int {
-	c := 0
-	for i := range r.b.Rows {
-		if r.picks(i, n, pick) {
-			c++
-		}
+// rows returns the rows group n's pick statement reads (of every group if
+// n < 0; every row of the batch for pickKeys).
+func (r *duckRows) rows(n int, pick string) []int {
+	switch {
+	case pick == pickKeys:
+		return r.all
+	case n >= 0:
+		return r.picked[n][pick]
 	}
-	return c
+	var out []int
+	for _, p := range r.picked {
+		out = append(out, p[pick]...)
+	}
+	return out
 }
 
 // duckRowsSQL is the FROM item that reads the columns cols (_k, _pos,
@@ -207,11 +179,7 @@ func registerRows(conn *sql.Conn, cur func() *duckRows) error {
 				src.names = append(src.names, name)
 				src.cols = append(src.cols, c)
 			}
-			for i := range r.b.Rows {
-				if r.picks(i, int(n), pick) {
-					src.rows = append(src.rows, i)
-				}
-			}
+			src.rows = r.rows(int(n), pick)
 			return src, nil
 		},
 	})
@@ -263,12 +231,10 @@ func (s *duckSource) FillChunk(_ any, c duckdb.DataChunk) error {
 	s.next = min(from+capacity, len(s.rows))
 	to := s.next
 	s.mu.Unlock()
-	ncols := len(s.r.b.Table.Columns)
 	n := 0
 	for ; from < to; n, from = n+1, from+1 {
 		i := s.rows[from]
 		row := &s.r.b.Rows[i]
-		vals := s.r.vals[i*ncols : (i+1)*ncols]
 		for k, col := range s.cols {
 			var err error
 			switch {
@@ -278,10 +244,12 @@ func (s *duckSource) FillChunk(_ any, c duckdb.DataChunk) error {
 				err = duckdb.SetChunkValue(c, k, n, row.Order)
 			case col == -3:
 				err = duckdb.SetChunkValue(c, k, n, duckOps[row.Op])
-			case vals[col].end < 0:
-				err = c.SetValue(k, n, nil)
 			default:
-				err = duckdb.SetChunkValue(c, k, n, s.r.text[vals[col].off:vals[col].end])
+				if v, ok := s.r.value(i, col); ok {
+					err = duckdb.SetChunkValue(c, k, n, v)
+				} else {
+					err = c.SetValue(k, n, nil)
+				}
 			}
 			if err != nil {
 				return err

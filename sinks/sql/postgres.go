@@ -338,71 +338,43 @@ func (p *Postgres) fail(ctx context.Context, tg target, err error) error {
 // pgRendered is a batch's values rendered as COPY's text format (escaped),
 // all in one buffer.
 type pgRendered struct {
-	b    *apply.TableBatch
-	buf  []byte
-	vals []pgSpan // row i's value of column j at i*len(columns)+j
+	rendered
 	// noDirect marks a table with a bytea column: its values are staged
 	// as base64 text and decoded by SQL, so its rows are never copied
 	// into the target directly.
 	noDirect bool
 }
 
-// pgSpan is a value's place in pgRendered.buf; off < 0 is NULL.
-type pgSpan struct{ off, end int }
-
 // renderPG renders the values of b. A value its column cannot hold, or a
 // row without a key column, is returned as that row's RowError.
 func renderPG(tg target, b *apply.TableBatch) (*pgRendered, error) {
-	cols := b.Table.Columns
-	r := &pgRendered{b: b, vals: make([]pgSpan, len(b.Rows)*len(cols))}
-	for _, c := range cols {
+	var scratch []byte
+	rd, err := render(tg.pg(), b, textStyle{zone: true}, func(text []byte, off int) ([]byte, error) {
+		text, scratch = escapeCopyTail(text, off, scratch)
+		return text, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	r := &pgRendered{rendered: rd}
+	for _, c := range b.Table.Columns {
 		if c.Logical == change.Bytes {
 			r.noDirect = true
-		}
-	}
-	size := 0
-	for i := range b.Rows {
-		for _, v := range b.Rows[i].Values {
-			size += len(v)
-		}
-	}
-	r.buf = make([]byte, 0, size+size/8)
-	st := textStyle{zone: true}
-	for i := range b.Rows {
-		row := &b.Rows[i]
-		for j, v := range row.Values {
-			c := &cols[j]
-			if absent(v) {
-				if c.Key {
-					return nil, keyAbsent(i, tg.pg(), c.Name)
-				}
-				continue
-			}
-			off := len(r.buf)
-			out, null, err := appendText(r.buf, v, c.Logical, st)
-			if err != nil {
-				return nil, &apply.RowError{Index: i, Err: fmt.Errorf("column %s: %w", c.Name, err)}
-			}
-			if null {
-				r.vals[i*len(cols)+j] = pgSpan{off: -1}
-				continue
-			}
-			r.buf = escapeCopyTail(out, off)
-			r.vals[i*len(cols)+j] = pgSpan{off, len(r.buf)}
 		}
 	}
 	return r, nil
 }
 
 // escapeCopyTail escapes b[off:] for COPY's text format: a backslash,
-// tab, newline or carriage return is written as a backslash sequence.
-func escapeCopyTail(b []byte, off int) []byte {
+// tab, newline or carriage return is written as a backslash sequence. The
+// tail is copied to scratch first (returned for reuse).
+func escapeCopyTail(b []byte, off int, scratch []byte) ([]byte, []byte) {
 	tail := b[off:]
 	if !needsCopyEscape(tail) {
-		return b
+		return b, scratch
 	}
-	tail = append([]byte(nil), tail...)
-	return appendCopyEscaped(b[:off], tail)
+	scratch = append(scratch[:0], tail...)
+	return appendCopyEscaped(b[:off], scratch), scratch
 }
 
 func needsCopyEscape(s []byte) bool {
@@ -435,11 +407,11 @@ func appendCopyEscaped(dst, s []byte) []byte {
 
 // appendValue appends row i's value of column j, or \N for NULL.
 func (r *pgRendered) appendValue(dst []byte, i, j int) []byte {
-	v := r.vals[i*len(r.b.Table.Columns)+j]
-	if v.off < 0 {
+	v, ok := r.value(i, j)
+	if !ok {
 		return append(dst, '\\', 'N')
 	}
-	return append(dst, r.buf[v.off:v.end]...)
+	return append(dst, v...)
 }
 
 // errKeyTaken is returned when a row copied straight into the target
@@ -558,9 +530,9 @@ func (p *Postgres) unburied(ctx context.Context, tx pgx.Tx, tg target, b *apply.
 		}
 	}
 	keys = append(keys, truncateKey)
-	// PostgreSQL sorts the array before it probes the index; sorted
-	// already (bytewise: the order of the C and C.UTF-8 collations), it
-	// only checks that they are.
+	// PostgreSQL sorts the array before it probes the index. Sorted
+	// bytewise here, it only checks the order where the key column's
+	// collation is C or C.UTF-8; under another one it sorts as before.
 	slices.Sort(keys)
 	var pb pgx.Batch
 	pb.Queue(fmt.Sprintf("SELECT key, position FROM %s WHERE table_name = $1 AND key = ANY($2)", tg.pgTombstones()), tg.name, keys)
@@ -656,7 +628,7 @@ func (r *pgRendered) size(g group) int {
 	ncol := len(r.b.Table.Columns)
 	for _, i := range g.rows {
 		for j := range ncol {
-			if v := r.vals[i*ncol+j]; v.off >= 0 {
+			if v := r.vals[i*ncol+j]; v.end >= 0 {
 				n += v.end - v.off
 			}
 		}

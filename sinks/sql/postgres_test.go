@@ -215,8 +215,19 @@ func (e *pgEnv) testDirectCopy(t *testing.T) {
 		rows = append(rows, row(tb, change.OpCreate, pord(1), fmt.Sprint(i), v, `"{\"a\": \"x\\ty\"}"`))
 	}
 	rows = append(rows, row(tb, change.OpRead, pord(1), "100", "null", "null"))
+	tg, err := resolveTarget(s.cfg.TableFormat, tb)
+	if err != nil {
+		t.Fatal(err)
+	}
 	mustApply(t, s, batch(tb, rows...))
+	if p := s.tables[tg].pause; p != 0 {
+		t.Fatalf("after the first batch the direct path is paused (%d)", p)
+	}
 	mustApply(t, s, batch(tb, rows...))
+	// Only a direct COPY that met a taken key pauses the direct path.
+	if p := s.tables[tg].pause; p != directPause {
+		t.Fatalf("after the replay: pause %d, want %d", p, directPause)
+	}
 	q := "SELECT id, coalesce(to_json(s)::text, 'NULL'), j->>'a', _tideline_op FROM " + schema + ".direct ORDER BY id"
 	want := func(first string) []string {
 		var out []string
