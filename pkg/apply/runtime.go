@@ -80,6 +80,11 @@ type Runtime struct {
 	// tables are used by the applier goroutine only.
 	hw     map[string]map[int32]int64
 	tables map[string]string // topic -> table label
+	// scratch holds the fields of a batch's row images while prepare
+	// (the poller goroutine only) folds them; the batches it builds copy
+	// the values out, so the next prepare reuses it instead of
+	// allocating (and zeroing) tens of MiB per batch.
+	scratch []field
 
 	// For the status page, written by the runtime's goroutines.
 	running      atomic.Bool
@@ -414,7 +419,8 @@ type prepared struct {
 // prepare decodes and folds a polled batch.
 func (r *Runtime) prepare(ctx context.Context, recs []*kgo.Record) (*prepared, error) {
 	w := &prepared{recs: recs, folders: map[string]*folder{}}
-	scratch := make([]field, 0, 16*len(recs))
+	scratch := r.scratch[:0]
+	defer func() { r.scratch = scratch[:0] }()
 	// Each topic's record count sizes its folder's map: growing a map of
 	// a batch's keys step by step cost more than filling it.
 	counts := map[string]int{}

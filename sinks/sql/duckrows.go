@@ -4,7 +4,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -208,10 +207,10 @@ func (s *duckSource) Cardinality() *duckdb.CardinalityInfo {
 	return &duckdb.CardinalityInfo{Cardinality: uint(len(s.rows)), Exact: true}
 }
 
-// Init lets DuckDB read the rows on more than one thread: each takes a
+// Init lets DuckDB read the rows on each of its threads: each takes a
 // vector's worth at a time.
 func (s *duckSource) Init() duckdb.ParallelTableSourceInfo {
-	return duckdb.ParallelTableSourceInfo{MaxThreads: runtime.GOMAXPROCS(0)}
+	return duckdb.ParallelTableSourceInfo{MaxThreads: duckThreads()}
 }
 
 func (s *duckSource) NewLocalState() any { return nil }

@@ -1,15 +1,19 @@
 package sqlsink
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -21,8 +25,11 @@ import (
 	"github.com/tideline-cdc/tideline/pkg/config"
 )
 
-// MySQL writes to MySQL 8 or MariaDB: multi-row INSERT … ON DUPLICATE KEY
-// UPDATE guarded by _tideline_position, in one transaction per batch.
+// MySQL writes to MySQL 8 or MariaDB, in one transaction per batch (two
+// for a big batch): creates are loaded (LOAD DATA LOCAL INFILE, from
+// memory) straight into the target table; the other rows are written by
+// multi-row INSERT … ON DUPLICATE KEY UPDATE guarded by
+// _tideline_position.
 type MySQL struct {
 	cfg    Config
 	db     *sql.DB
@@ -32,6 +39,9 @@ type MySQL struct {
 	// first use.
 	keyColl string
 	tables  map[target]*myTable
+	// noLoad is set once the server refused LOAD DATA LOCAL INFILE
+	// (local_infile is off): creates are then inserted like the rest.
+	noLoad atomic.Bool
 }
 
 var _ apply.Sink = (*MySQL)(nil)
@@ -40,6 +50,9 @@ var _ apply.Sink = (*MySQL)(nil)
 // case, as MySQL compares them) and their information_schema DATA_TYPE.
 type myTable struct {
 	cols map[string]string
+	// pause counts down the batches still written without direct loads
+	// (see directPause).
+	pause int
 }
 
 // Statement limits. A statement stays far below max_allowed_packet
@@ -396,7 +409,8 @@ func (m *MySQL) Apply(ctx context.Context, b *apply.TableBatch) error {
 	if tg.schema == "" {
 		tg.schema = m.dbName
 	}
-	if _, err := m.ensure(ctx, tg, b.Table); err != nil {
+	mt, err := m.ensure(ctx, tg, b.Table)
+	if err != nil {
 		return m.fail(ctx, tg, err)
 	}
 	// Convert every value first: a value the column cannot hold is that
@@ -431,8 +445,16 @@ func (m *MySQL) Apply(ctx context.Context, b *apply.TableBatch) error {
 	}
 
 	groups := groupByPresence(b.Rows)
+	direct := mt.pause == 0
+	if !direct {
+		mt.pause--
+	}
 	if b.Truncate != nil || len(b.Rows) < parallelRows {
-		if err := m.write(ctx, tg, b, groups, rows); err != nil {
+		taken, err := m.writeAll(ctx, tg, b, groups, rows, direct)
+		if taken {
+			mt.pause = directPause
+		}
+		if err != nil {
 			return m.fail(ctx, tg, err)
 		}
 		return nil
@@ -445,10 +467,21 @@ func (m *MySQL) Apply(ctx context.Context, b *apply.TableBatch) error {
 	// have committed: the retry rewrites nothing it wrote (position
 	// guard).
 	eg, gctx := errgroup.WithContext(ctx)
+	var anyTaken atomic.Bool
 	for _, h := range splitGroups(groups) {
-		eg.Go(func() error { return m.write(gctx, tg, b, h, rows) })
+		eg.Go(func() error {
+			taken, err := m.writeAll(gctx, tg, b, h, rows, direct)
+			if taken {
+				anyTaken.Store(true)
+			}
+			return err
+		})
 	}
-	if err := eg.Wait(); err != nil {
+	err = eg.Wait()
+	if anyTaken.Load() {
+		mt.pause = directPause
+	}
+	if err != nil {
 		return m.fail(ctx, tg, err)
 	}
 	return nil
@@ -465,9 +498,30 @@ func (m *MySQL) fail(ctx context.Context, tg target, err error) error {
 	return err
 }
 
+// writeAll writes groups, loading the creates (and snapshot reads)
+// straight into the target with LOAD DATA unless direct is false or the
+// server refuses it; if one of their keys has a target row, or the load
+// warned, it writes them all again with INSERT … ON DUPLICATE KEY UPDATE,
+// and reports taken for a taken key.
+func (m *MySQL) writeAll(ctx context.Context, tg target, b *apply.TableBatch, groups []group, rows []myRow, direct bool) (taken bool, err error) {
+	err = m.write(ctx, tg, b, groups, rows, direct && !m.noLoad.Load())
+	if errors.Is(err, errKeyTaken) || errors.Is(err, errLoadWarned) || errors.Is(err, errLoadRefused) {
+		taken = errors.Is(err, errKeyTaken)
+		if errors.Is(err, errLoadRefused) && !m.noLoad.Swap(true) {
+			m.log.Warn("the target refuses LOAD DATA LOCAL INFILE: creates are written by INSERT … ON DUPLICATE KEY UPDATE from now on; set local_infile=ON on the server for faster loads",
+				zap.String("table", tg.my()), zap.Error(err))
+		}
+		err = m.write(ctx, tg, b, groups, rows, false)
+	}
+	return taken, err
+}
+
 // write applies the rows of groups (and the batch's truncate) in one
-// transaction.
-func (m *MySQL) write(ctx context.Context, tg target, b *apply.TableBatch, groups []group, rows []myRow) error {
+// transaction. With direct, the creates (and snapshot reads) are loaded
+// straight into the target (see loadFresh): a create's key has no target
+// row unless the change is applied again (a replay), so there is nothing
+// to merge and no position to compare (the tombstones were checked).
+func (m *MySQL) write(ctx context.Context, tg target, b *apply.TableBatch, groups []group, rows []myRow, direct bool) error {
 	tx, err := m.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin on %s: %w", tg.my(), classifyMy(err))
@@ -478,23 +532,157 @@ func (m *MySQL) write(ctx context.Context, tg target, b *apply.TableBatch, group
 		return err
 	}
 	if b.Truncate != nil {
+		direct = false
 		if err := m.truncate(ctx, tx, tg, b.Truncate); err != nil {
 			return err
 		}
 	}
-	for _, g := range groups {
-		g, ok := g.only(keep)
-		if !ok {
-			continue
+	fresh := make([]bool, len(b.Rows))
+	if direct {
+		for i := range b.Rows {
+			if op := b.Rows[i].Op; keep[i] && (op == change.OpCreate || op == change.OpRead) {
+				fresh[i], keep[i] = true, false
+			}
 		}
-		if err := m.applyGroup(ctx, tx, tg, b, g, rows); err != nil {
-			return err
+	}
+	for _, g := range groups {
+		if g, ok := g.only(keep); ok {
+			if err := m.applyGroup(ctx, tx, tg, b, g, rows); err != nil {
+				return err
+			}
+		}
+		if g, ok := g.only(fresh); ok {
+			if err := m.loadFresh(ctx, tx, tg, b, g, rows); err != nil {
+				return err
+			}
 		}
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit to %s: %w", tg.my(), classifyMy(err))
 	}
 	return nil
+}
+
+// errLoadWarned is returned when a direct load raised warnings: under
+// IGNORE, which LOAD DATA LOCAL implies, strict mode's errors (a value
+// the column cannot hold) become warnings and the values are coerced. The
+// batch is written again with INSERT, which reports them as errors.
+var errLoadWarned = errors.New("LOAD DATA raised warnings")
+
+// errLoadRefused is returned when the server refuses LOAD DATA LOCAL
+// INFILE (local_infile off): MySQL 8's 3948, MariaDB's 4166, or 1148.
+var errLoadRefused = errors.New("the server refuses LOAD DATA LOCAL INFILE")
+
+// loadSeq names the readers of concurrent loads.
+var loadSeq atomic.Uint64
+
+// loadFresh loads the rows of g into the target with LOAD DATA LOCAL
+// INFILE from memory, the server's bulk path. Rows whose key is taken are
+// skipped by the load (IGNORE): fewer rows loaded than sent means a key
+// had a row (errKeyTaken), and any warning means a value was coerced
+// (errLoadWarned). Either way the transaction is rolled back and the rows
+// are written again by upsert.
+func (m *MySQL) loadFresh(ctx context.Context, tx *sql.Tx, tg target, b *apply.TableBatch, g group, rows []myRow) error {
+	var names, set []string
+	for j, c := range b.Table.Columns {
+		if !g.present[j] {
+			continue
+		}
+		if c.Logical == change.Bytes {
+			v := fmt.Sprintf("@b%d", len(names))
+			names = append(names, v)
+			set = append(set, fmt.Sprintf("%s = UNHEX(%s)", myIdent(c.Name), v))
+		} else {
+			names = append(names, myIdent(c.Name))
+		}
+	}
+	names = append(names, colOp, colPosition)
+	set = append(set, colAppliedAt+" = UTC_TIMESTAMP(6)")
+	if m.cfg.SoftDelete {
+		set = append(set, colDeleted+" = FALSE")
+	}
+	size := 0
+	for _, i := range g.rows {
+		size += rows[i].size + len(b.Rows[i].Order) + 4
+	}
+	data := make([]byte, 0, size)
+	for _, i := range g.rows {
+		for _, v := range rows[i].vals {
+			data = appendLoadValue(data, v)
+			data = append(data, '\t')
+		}
+		r := &b.Rows[i]
+		data = append(data, byte(r.Op), '\t')
+		data = appendLoadEscaped(data, r.Order)
+		data = append(data, '\n')
+	}
+	name := "tideline-" + strconv.FormatUint(loadSeq.Add(1), 10)
+	mysql.RegisterReaderHandler(name, func() io.Reader { return bytes.NewReader(data) })
+	defer mysql.DeregisterReaderHandler(name)
+	q := fmt.Sprintf("LOAD DATA LOCAL INFILE 'Reader::%s' IGNORE INTO TABLE %s CHARACTER SET utf8mb4 "+
+		"FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' (%s) SET %s",
+		name, tg.my(), strings.Join(names, ", "), strings.Join(set, ", "))
+	res, err := tx.ExecContext(ctx, q)
+	if err != nil {
+		var me *mysql.MySQLError
+		if errors.As(err, &me) && (me.Number == 3948 || me.Number == 4166 || me.Number == 1148) {
+			return fmt.Errorf("%w: %v", errLoadRefused, err)
+		}
+		return fmt.Errorf("load into %s: %w", tg.my(), classifyMy(err))
+	}
+	var warnings int64
+	if err := tx.QueryRowContext(ctx, "SELECT @@warning_count").Scan(&warnings); err != nil {
+		return fmt.Errorf("load into %s: %w", tg.my(), classifyMy(err))
+	}
+	if n, err := res.RowsAffected(); err != nil || n != int64(len(g.rows)) {
+		return fmt.Errorf("%w: %d of %d rows loaded into %s", errKeyTaken, n, len(g.rows), tg.my())
+	}
+	if warnings > 0 {
+		return fmt.Errorf("%w: %d loading into %s", errLoadWarned, warnings, tg.my())
+	}
+	return nil
+}
+
+// appendLoadValue appends a driver value (see myValue) as a LOAD DATA
+// field: \N for NULL, bytes (only a bytes column has them) in hex, which
+// the statement unhexes.
+func appendLoadValue(dst []byte, v any) []byte {
+	switch v := v.(type) {
+	case nil:
+		return append(dst, '\\', 'N')
+	case int64:
+		return strconv.AppendInt(dst, v, 10)
+	case uint64:
+		return strconv.AppendUint(dst, v, 10)
+	case string:
+		return appendLoadEscaped(dst, v)
+	case []byte:
+		return hex.AppendEncode(dst, v)
+	}
+	panic(fmt.Sprintf("appendLoadValue: %T", v))
+}
+
+// appendLoadEscaped appends s escaped for LOAD DATA with ESCAPED BY '\\':
+// the escape character, the field and line terminators, a carriage
+// return and NUL become backslash sequences.
+func appendLoadEscaped[T string | []byte](dst []byte, s T) []byte {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '\\':
+			dst = append(dst, '\\', '\\')
+		case '\t':
+			dst = append(dst, '\\', 't')
+		case '\n':
+			dst = append(dst, '\\', 'n')
+		case '\r':
+			dst = append(dst, '\\', 'r')
+		case 0:
+			dst = append(dst, '\\', '0')
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst
 }
 
 // myValue converts a JSON value of a column with logical type l to what
@@ -569,6 +757,17 @@ func myKeyExpr(c change.Column) string {
 // tombstone and the table's last truncate: older ones were deleted after
 // they happened. (Rows not in groups are not looked up.)
 func (m *MySQL) unburied(ctx context.Context, tx *sql.Tx, tg target, b *apply.TableBatch, groups []group) ([]bool, error) {
+	// A table without deletes has no tombstones: one probe then saves
+	// looking up every key, in chunks. It reads the snapshot the lookups
+	// would read.
+	var one int
+	err := tx.QueryRowContext(ctx, fmt.Sprintf("SELECT 1 FROM %s WHERE table_name = ? LIMIT 1", tg.myTombstones()), tg.name).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return filterBuried(b, nil), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the tombstones of %s: %w", tg.my(), classifyMy(err))
+	}
 	keys := make([]any, 0, len(b.Rows)+1)
 	keys = append(keys, []byte(truncateKey))
 	for _, g := range groups {

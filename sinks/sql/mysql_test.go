@@ -94,6 +94,8 @@ func TestMySQL(t *testing.T) {
 	t.Run("MissingKey", e.testMissingKey)
 	t.Run("Chunks", e.testChunks)
 	t.Run("BigBatch", e.testBigBatch)
+	t.Run("DirectLoad", e.testDirectLoad)
+	t.Run("LoadRefused", e.testLoadRefused)
 	t.Run("TableFormat", e.testTableFormat)
 	t.Run("Conformance", e.testConformance)
 }
@@ -203,7 +205,12 @@ func (e *myEnv) testTypes(t *testing.T) {
 	}
 	neg := mrow(tb, change.OpRead, 11, "3", "0", "0", "0", "0", `"-0.5"`, "-7", "0", `"1e-300"`, "false", `""`, `""`,
 		`"[]"`, "[]", `"00000000-0000-0000-0000-000000000000"`, "-1", "-3723500000", "-1", `"1969-12-31T23:59:59.999999Z"`, `"00:00:00Z"`, `"PT0S"`)
+	loads, inserts := e.status(t, "Com_load"), e.status(t, "Com_insert")
 	mustApply(t, s, batch(tb, full, mrow(tb, change.OpCreate, 10, nulls...), neg))
+	// Every type loads without a warning: no INSERT after the load.
+	if l, i := e.status(t, "Com_load")-loads, e.status(t, "Com_insert")-inserts; l != 1 || i != 0 {
+		t.Errorf("%d LOAD DATA and %d INSERT statements, want 1 and 0", l, i)
+	}
 
 	ts := time.UnixMicro(1795353255654321).UTC().Format("2006-01-02 15:04:05.000000")
 	e.expect(t, "SELECT id, i16, i32, i64, u64, `dec`, num, f32, f64, b, s, HEX(bin), JSON_EXTRACT(j, '$.a[1]'), JSON_LENGTH(arr), u, d, tm, ts, tstz, ttz, iv, _tideline_op, _tideline_position FROM "+db+".types ORDER BY id",
@@ -522,4 +529,116 @@ func (e *myEnv) testTableFormat(t *testing.T) {
 	e.expect(t, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '"+db+"'", "0")
 	mustApply(t, s, batch(tb, mrow(tb, change.OpDelete, 20, "1")))
 	e.expect(t, "SELECT `key` FROM src_src_x._tideline_tombstones", `{"id":1}`)
+}
+
+// status reads one of the server's global statement counters.
+func (e *myEnv) status(t *testing.T, name string) int {
+	t.Helper()
+	var n string
+	var v int
+	if err := e.db.QueryRow("SHOW GLOBAL STATUS LIKE '"+name+"'").Scan(&n, &v); err != nil {
+		t.Fatalf("status %s: %v", name, err)
+	}
+	return v
+}
+
+// testDirectLoad loads creates straight into the target with LOAD DATA,
+// with values its text format must escape (the server's own counter of
+// LOAD DATA statements shows the path was taken); applied again, their
+// keys are taken and the batch is upserted instead; a newer create of a
+// key the target holds wins; a big batch does the same on two
+// connections.
+func (e *myEnv) testDirectLoad(t *testing.T) {
+	s, db := e.sink(t, Config{})
+	tb := mtable("direct", key(col("id", change.Int32, "int")), col("s", change.String, "text"),
+		col("bin", change.Bytes, "bytea"), col("n", change.Decimal, "numeric(10,2)"), col("ts", change.Timestamp, "timestamp"))
+	texts := append(slices.Clone(awkwardText), `"nul\u0000byte"`, `"\\0 \\t \\"`, `"NULL"`, `"\\"`)
+	var rows []apply.Row
+	for i, v := range texts {
+		// Bytes that are the format's separators and escapes: 00 09 0A 0D 5C.
+		rows = append(rows, mrow(tb, change.OpCreate, 10, fmt.Sprint(i), v, `"AAkKDVw="`, `"-1.25"`, "1000001"))
+	}
+	rows = append(rows, mrow(tb, change.OpRead, 10, "100", "null", "null", "null", "null"))
+	tg, err := resolveTarget(s.cfg.TableFormat, tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg.schema = db
+	loads, inserts := e.status(t, "Com_load"), e.status(t, "Com_insert")
+	mustApply(t, s, batch(tb, rows...))
+	if n := e.status(t, "Com_load") - loads; n != 1 {
+		t.Errorf("first batch: %d LOAD DATA statements, want 1", n)
+	}
+	if n := e.status(t, "Com_insert") - inserts; n != 0 {
+		t.Errorf("first batch: %d INSERT statements, want none", n)
+	}
+	if p := s.tables[tg].pause; p != 0 {
+		t.Fatalf("after the first batch the direct path is paused (%d)", p)
+	}
+	q := "SELECT id, HEX(s), HEX(bin), n, ts, _tideline_op, _tideline_position FROM " + db + ".direct ORDER BY id"
+	want := func(first string, pos int) []string {
+		var out []string
+		for i, v := range texts {
+			if i == 0 {
+				v = first
+			}
+			var text string
+			if err := json.Unmarshal([]byte(v), &text); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, fmt.Sprintf("%d|%X|00090A0D5C|-1.25|1970-01-01 00:00:01.000001|c|%s", i, text, mord(pos)))
+		}
+		return append(out, "100|NULL|NULL|NULL|NULL|r|"+mord(10))
+	}
+	e.expect(t, q, want(texts[0], 10)...)
+	e.expect(t, "SELECT COUNT(*) FROM "+db+".direct WHERE s = 'NULL'", "1")
+
+	// Applied again: the load finds the keys taken, nothing changes, and
+	// the direct path pauses.
+	mustApply(t, s, batch(tb, rows...))
+	if p := s.tables[tg].pause; p != directPause {
+		t.Fatalf("after the replay: pause %d, want %d", p, directPause)
+	}
+	e.expect(t, q, want(texts[0], 10)...)
+	mustApply(t, s, batch(tb, mrow(tb, change.OpCreate, 20, "0", `"newer"`, `"AAkKDVw="`, `"-1.25"`, "1000001")))
+	got := e.query(t, q)
+	if got[0][1] != fmt.Sprintf("%X", "newer") || got[0][6] != mord(20) {
+		t.Errorf("a newer create of a taken key: %q", got[0])
+	}
+
+	// A big batch, on two connections, half of it replayed.
+	rows = rows[:0]
+	for i := range 2 * parallelRows {
+		rows = append(rows, mrow(tb, change.OpCreate, 30, fmt.Sprint(1000+i), `"big"`, "null", "null", "null"))
+	}
+	mustApply(t, s, batch(tb, rows[:parallelRows]...))
+	s.tables = map[target]*myTable{} // forget the pause: load directly again
+	mustApply(t, s, batch(tb, rows...))
+	e.expect(t, "SELECT COUNT(*), COUNT(DISTINCT id), MIN(_tideline_position) = MAX(_tideline_position) FROM "+db+".direct WHERE s = 'big'",
+		fmt.Sprintf("%d|%d|1", 2*parallelRows, 2*parallelRows))
+}
+
+// testLoadRefused turns local_infile off on the server: the sink writes
+// the creates with INSERT instead, and stops trying LOAD DATA.
+func (e *myEnv) testLoadRefused(t *testing.T) {
+	if _, err := e.db.Exec("SET GLOBAL local_infile = 0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := e.db.Exec("SET GLOBAL local_infile = 1"); err != nil {
+			t.Error(err)
+		}
+	})
+	s, db := e.sink(t, Config{})
+	tb := mtable("refused", key(col("id", change.Int32, "int")), col("v", change.String, "text"))
+	mustApply(t, s, batch(tb, mrow(tb, change.OpCreate, 10, "1", `"one"`), mrow(tb, change.OpCreate, 10, "2", `"two"`)))
+	if !s.noLoad.Load() {
+		t.Error("the sink did not note that the server refuses LOAD DATA")
+	}
+	loads := e.status(t, "Com_load")
+	mustApply(t, s, batch(tb, mrow(tb, change.OpCreate, 20, "3", `"three"`)))
+	if n := e.status(t, "Com_load") - loads; n != 0 {
+		t.Errorf("%d LOAD DATA statements after the server refused one", n)
+	}
+	e.expect(t, "SELECT id, v FROM "+db+".refused ORDER BY id", "1|one", "2|two", "3|three")
 }

@@ -519,41 +519,49 @@ func (p *Postgres) write(ctx context.Context, tg target, r *pgRendered, groups [
 // they happened. Rows not in groups are never kept. With now, it also
 // returns the transaction's now() as text, in the same round trip.
 func (p *Postgres) unburied(ctx context.Context, tx pgx.Tx, tg target, b *apply.TableBatch, groups []group, now bool) ([]bool, string, error) {
-	n := 1
-	for _, g := range groups {
-		n += len(g.rows)
-	}
-	keys := make([]string, 0, n)
-	for _, g := range groups {
-		for _, i := range g.rows {
-			keys = append(keys, string(b.Rows[i].Key))
-		}
-	}
-	keys = append(keys, truncateKey)
-	// PostgreSQL sorts the array before it probes the index. Sorted
-	// bytewise here, it only checks the order where the key column's
-	// collation is C or C.UTF-8; under another one it sorts as before.
-	slices.Sort(keys)
-	var pb pgx.Batch
-	pb.Queue(fmt.Sprintf("SELECT key, position FROM %s WHERE table_name = $1 AND key = ANY($2)", tg.pgTombstones()), tg.name, keys)
-	if now {
-		pb.Queue("SELECT now()::text")
-	}
-	br := tx.SendBatch(ctx, &pb)
-	defer br.Close()
-	buried := map[string]string{}
-	var k, pos string
-	if err := scanAll(br, func() { buried[k] = pos }, &k, &pos); err != nil {
-		return nil, "", err
-	}
+	// A table without deletes has no tombstones: one probe, in the round
+	// trip that reads now(), then saves sending and looking up every key.
+	var some bool
 	var ts string
+	q := fmt.Sprintf("SELECT EXISTS (SELECT FROM %s WHERE table_name = $1)", tg.pgTombstones())
 	if now {
-		if err := br.QueryRow().Scan(&ts); err != nil {
+		q = fmt.Sprintf("SELECT EXISTS (SELECT FROM %s WHERE table_name = $1), now()::text", tg.pgTombstones())
+		if err := tx.QueryRow(ctx, q, tg.name).Scan(&some, &ts); err != nil {
 			return nil, "", classifyPG(err)
 		}
-	}
-	if err := br.Close(); err != nil {
+	} else if err := tx.QueryRow(ctx, q, tg.name).Scan(&some); err != nil {
 		return nil, "", classifyPG(err)
+	}
+	var buried map[string]string
+	if some {
+		n := 1
+		for _, g := range groups {
+			n += len(g.rows)
+		}
+		keys := make([]string, 0, n)
+		for _, g := range groups {
+			for _, i := range g.rows {
+				keys = append(keys, string(b.Rows[i].Key))
+			}
+		}
+		keys = append(keys, truncateKey)
+		// PostgreSQL sorts the array before it probes the index. Sorted
+		// bytewise here, it only checks the order where the key column's
+		// collation is C or C.UTF-8; under another one it sorts as before.
+		slices.Sort(keys)
+		rows, err := tx.Query(ctx, fmt.Sprintf("SELECT key, position FROM %s WHERE table_name = $1 AND key = ANY($2)", tg.pgTombstones()), tg.name, keys)
+		if err != nil {
+			return nil, "", classifyPG(err)
+		}
+		buried = map[string]string{}
+		var k, pos string
+		_, err = pgx.ForEachRow(rows, []any{&k, &pos}, func() error {
+			buried[k] = pos
+			return nil
+		})
+		if err != nil {
+			return nil, "", classifyPG(err)
+		}
 	}
 	keep := filterBuried(b, buried)
 	in := make([]bool, len(b.Rows))
@@ -563,23 +571,6 @@ func (p *Postgres) unburied(ctx context.Context, tx pgx.Tx, tg target, b *apply.
 		}
 	}
 	return in, ts, nil
-}
-
-// scanAll reads the rows of the next query of br into dst, calling each
-// after every row.
-func scanAll(br pgx.BatchResults, each func(), dst ...any) error {
-	rows, err := br.Query()
-	if err != nil {
-		return classifyPG(err)
-	}
-	defer rows.Close() // on a Scan error too: an open result holds its connection
-	for rows.Next() {
-		if err := rows.Scan(dst...); err != nil {
-			return classifyPG(err)
-		}
-		each()
-	}
-	return classifyPG(rows.Err())
 }
 
 // copyFresh copies the rows of g into the target. A unique violation
