@@ -362,7 +362,7 @@ func (r *report) printLakeSinks(w io.Writer) {
 	if len(lake) == 0 {
 		return
 	}
-	set := sinkSettings("parquet")
+	set := sinkSettings("parquet", 0)
 	fmt.Fprintf(w, "\nLake sinks: the same %s changes from offset 0 in a fresh consumer group (batch_records %d, batch_bytes %d MiB, linger %s: the default linger, %s, would wait that long after the last record), "+
 		"timed until the group committed everything. Parquet writes every change as a row (a change log); Iceberg applies them to a table (one row delta per batch, %s rows at the end). "+
 		"Beside each, pqarrow writing the same rows from memory (Parquet: the sink's files read back; Iceberg: a scan of the table) to one file with the change log's writer settings (zstd). "+

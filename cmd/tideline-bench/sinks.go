@@ -167,18 +167,15 @@ func sinkTable() *change.Table {
 	}}
 }
 
-// sinkBatchRecords, when above 0, replaces the warehouse sinks' default
-// batch_records (-sink-batch-records), to measure other defaults; the
-// report shows the value used.
-var sinkBatchRecords int
-
 // sinkSettings returns a sink's settings with the config's defaults (batch
-// records, bytes and linger), so the bench follows them.
-func sinkSettings(typ string) config.Sink {
+// records, bytes and linger), so the bench follows them; batchRecords,
+// when above 0, replaces a warehouse sink's batch_records
+// (-sink-batch-records).
+func sinkSettings(typ string, batchRecords int) config.Sink {
 	s := config.Sink{Name: typ, Type: typ}
 	switch typ {
 	case "postgres", "mysql", "duckdb":
-		s.BatchRecords = sinkBatchRecords
+		s.BatchRecords = batchRecords
 	}
 	c := &config.Config{Name: sinkPrefix, Sinks: []config.Sink{s}}
 	c.Defaults()
@@ -209,8 +206,8 @@ func (b *bench) workloadSinks(ctx context.Context) (rep sinkReport) {
 	rep.changes = b.o.sinkRows
 	rep.creates = max(rep.changes*4/5, 1)
 	rep.updates = rep.changes - rep.creates
-	rep.settings = sinkSettings("postgres")
-	rep.duckSettings = sinkSettings("duckdb")
+	rep.settings = sinkSettings("postgres", b.o.sinkBatchRecords)
+	rep.duckSettings = sinkSettings("duckdb", b.o.sinkBatchRecords)
 	targets, err := parseSinkTargets(b.o.sinkTargets)
 	if err != nil {
 		rep.err = err
@@ -446,7 +443,7 @@ func writeSinkCSV(path string, d *sinkData) (int64, error) {
 // every partition. It stops the runtime and closes s before it returns.
 func (b *bench) runSink(ctx context.Context, st *sinkTarget, typ string, s apply.Sink, run sinkRun) {
 	label := "S " + st.label
-	set := sinkSettings(typ)
+	set := sinkSettings(typ, b.o.sinkBatchRecords)
 	if st.lake {
 		// The default (10 s: a file per 10 s on a quiet stream) would
 		// add its full wait after the last record to the time measured.

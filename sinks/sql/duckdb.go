@@ -404,10 +404,12 @@ func (d *DuckDB) columns(ctx context.Context, tg target) (map[string]string, err
 	return cols, nil
 }
 
-// duckValue is the SQL expression that turns the text tideline_rows gives
-// (staged) into the column's type.
-func (d *DuckDB) duckValue(c change.Column, staged string) string {
+// duckValue is the SQL expression that turns what tideline_rows gives
+// (staged, of kind k) into the column's type.
+func (d *DuckDB) duckValue(c change.Column, k duckKind, staged string) string {
 	switch typ := d.duckType(c); {
+	case k == duckMicros:
+		return "make_timestamp(" + staged + ")"
 	case c.Logical == change.Bytes:
 		return "from_base64(" + staged + ")"
 	case typ == "TIMETZ":
@@ -605,7 +607,7 @@ func (d *DuckDB) insertGroup(ctx context.Context, tg target, r *duckRows, n int,
 	for j, c := range r.b.Table.Columns {
 		if g.present[j] {
 			names = append(names, duckIdent(c.Name))
-			values = append(values, d.duckValue(c, fmt.Sprintf("s.c%d", j)))
+			values = append(values, d.duckValue(c, r.kinds[j], fmt.Sprintf("s.c%d", j)))
 			read = append(read, fmt.Sprintf("c%d", j))
 		}
 	}
@@ -634,7 +636,7 @@ func (d *DuckDB) applyGroup(ctx context.Context, tg target, r *duckRows, n int, 
 		if !g.present[j] {
 			continue
 		}
-		v := d.duckValue(c, fmt.Sprintf("s.c%d", j))
+		v := d.duckValue(c, r.kinds[j], fmt.Sprintf("s.c%d", j))
 		names = append(names, duckIdent(c.Name))
 		values = append(values, v)
 		read = append(read, fmt.Sprintf("c%d", j))

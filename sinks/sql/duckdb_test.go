@@ -184,6 +184,38 @@ func TestDuckDBTypes(t *testing.T) {
 			`1970-01-01 00:00:00+00|00:00:00+00|PT0S|::1/128|u|`+string(dord(2)))
 }
 
+// TestDuckDBTimestampKinds hands a timestamp key column to DuckDB as
+// numbers while every value of a batch is one, and as text when one is
+// "infinity": both kinds insert, merge and delete the same rows.
+func TestDuckDBTimestampKinds(t *testing.T) {
+	e := newDuckEnv(t)
+	s := e.sink(t, Config{})
+	tb := dtable("events", key(col("ts", change.Timestamp, "timestamp")), col("n", change.Int32, "int4"))
+	numbers := batch(tb, drow(tb, change.OpCreate, 1, `1000001`, `1`), drow(tb, change.OpCreate, 1, `-1`, `2`))
+	mixed := batch(tb, drow(tb, change.OpCreate, 2, `"infinity"`, `3`), drow(tb, change.OpUpdate, 2, `1000001`, `10`))
+	r, err := renderDuck(target{schema: "public", name: "events"}, numbers, groupByPresence(numbers.Rows))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.kinds[0] != duckMicros || r.kinds[1] != duckInt {
+		t.Fatalf("kinds of a batch of numbers: %v", r.kinds)
+	}
+	if r, err = renderDuck(target{schema: "public", name: "events"}, mixed, groupByPresence(mixed.Rows)); err != nil {
+		t.Fatal(err)
+	}
+	if r.kinds[0] != duckVarchar {
+		t.Fatalf("kinds of a batch with infinity: %v", r.kinds)
+	}
+	mustApply(t, s, numbers)
+	mustApply(t, s, mixed)
+	q := "SELECT ts, n, _tideline_op FROM public.events ORDER BY ts"
+	e.expect(t, q, "1969-12-31 23:59:59.999999|2|c", "1970-01-01 00:00:01.000001|10|u", "infinity|3|c")
+	// Deletes match the rows' keys, as numbers and as text.
+	mustApply(t, s, batch(tb, drow(tb, change.OpDelete, 3, `-1`, ``)))
+	mustApply(t, s, batch(tb, drow(tb, change.OpDelete, 3, `"infinity"`, ``), drow(tb, change.OpUpdate, 3, `1000001`, `11`)))
+	e.expect(t, q, "1970-01-01 00:00:01.000001|11|u")
+}
+
 func TestDuckDBReplay(t *testing.T) {
 	e := newDuckEnv(t)
 	s := e.sink(t, Config{})

@@ -14,15 +14,18 @@ import (
 
 	"github.com/tideline-cdc/tideline/pkg/apply"
 	"github.com/tideline-cdc/tideline/pkg/change"
+	"github.com/tideline-cdc/tideline/pkg/codec"
 )
 
 // A batch reaches DuckDB through a table function of the sink's
 // connection, tideline_rows(group, pick, columns): DuckDB pulls the
 // batch's rows from Go in vectors of 2048, with no file or text format in
 // between, and each statement reads only the rows (pick) and columns it
-// writes. Every value is
-// VARCHAR, the text appendText renders; the statements cast it to the
-// column's type (duckValue).
+// writes. Integers are BIGINT, and timestamps BIGINT microseconds when
+// every one of the batch is a number (see duckKind); every other value is
+// VARCHAR, the text appendText renders. The statements cast them to the
+// column's type (duckValue). A number is written into the vector by Go,
+// while each VARCHAR costs a call into DuckDB and a cast there.
 const duckRowsFunc = "tideline_rows"
 
 // Which rows of a group a statement reads.
@@ -33,9 +36,19 @@ const (
 	pickMerge  = "merge"  // the rest, merged with the position guard
 )
 
+// duckKind is how tideline_rows hands a table column to DuckDB.
+type duckKind uint8
+
+const (
+	duckVarchar duckKind = iota // VARCHAR: the rendered text
+	duckInt                     // BIGINT: the rendered integer
+	duckMicros                  // BIGINT: a timestamp's Unix microseconds, the change's own number
+)
+
 // duckRows is a batch rendered for tideline_rows.
 type duckRows struct {
 	rendered
+	kinds  []duckKind // per table column
 	groups []group
 	// dead marks the rows deleted after they happened (buried); picked
 	// holds, for each group, the rows each pick reads (see assign).
@@ -66,6 +79,24 @@ func renderDuck(tg target, b *apply.TableBatch, groups []group) (*duckRows, erro
 	r := &duckRows{rendered: rd, groups: groups, dead: make([]bool, len(b.Rows)), all: make([]int, len(b.Rows))}
 	for i := range r.all {
 		r.all[i] = i
+	}
+	r.kinds = make([]duckKind, len(b.Table.Columns))
+	for j, c := range b.Table.Columns {
+		switch c.Logical {
+		case change.Int16, change.Int32, change.Int64:
+			// appendText let through only integers that fit an int64.
+			r.kinds[j] = duckInt
+		case change.Timestamp:
+			// A number each (not "infinity"): the batch's column is
+			// handed over as numbers.
+			r.kinds[j] = duckMicros
+			for i := range b.Rows {
+				if _, ok := r.value(i, j); ok && !plainInt(b.Rows[i].Values[j]) {
+					r.kinds[j] = duckVarchar
+					break
+				}
+			}
+		}
 	}
 	return r, nil
 }
@@ -156,6 +187,10 @@ func registerRows(conn *sql.Conn, cur func() *duckRows) error {
 	if err != nil {
 		return err
 	}
+	bigint, err := duckdb.NewTypeInfo(duckdb.TYPE_BIGINT)
+	if err != nil {
+		return err
+	}
 	return duckdb.RegisterTableUDF(conn, duckRowsFunc, duckdb.ParallelChunkTableFunction{
 		Config: duckdb.TableFunctionConfig{Arguments: []duckdb.TypeInfo{integer, varchar, varchar}},
 		BindArguments: func(_ map[string]any, args ...any) (duckdb.ParallelChunkTableSource, error) {
@@ -169,7 +204,7 @@ func registerRows(conn *sql.Conn, cur func() *duckRows) error {
 				return nil, fmt.Errorf("%s: no pick %q", duckRowsFunc, pick)
 			}
 			names, _ := args[2].(string)
-			src := &duckSource{r: r, varchar: varchar}
+			src := &duckSource{r: r, varchar: varchar, bigint: bigint}
 			for _, name := range strings.Split(names, ",") {
 				c, err := duckColumn(name, len(r.b.Table.Columns))
 				if err != nil {
@@ -186,19 +221,22 @@ func registerRows(conn *sql.Conn, cur func() *duckRows) error {
 
 // duckSource feeds one statement its rows and columns.
 type duckSource struct {
-	r       *duckRows
-	varchar duckdb.TypeInfo
-	names   []string
-	cols    []int // see duckColumn
-	rows    []int // indexes into the batch's rows
-	mu      sync.Mutex
-	next    int // the first row no thread took yet
+	r               *duckRows
+	varchar, bigint duckdb.TypeInfo
+	names           []string
+	cols            []int // see duckColumn
+	rows            []int // indexes into the batch's rows
+	mu              sync.Mutex
+	next            int // the first row no thread took yet
 }
 
 func (s *duckSource) ColumnInfos() []duckdb.ColumnInfo {
 	out := make([]duckdb.ColumnInfo, len(s.names))
 	for k, name := range s.names {
 		out[k] = duckdb.ColumnInfo{Name: name, T: s.varchar}
+		if c := s.cols[k]; c >= 0 && s.r.kinds[c] != duckVarchar {
+			out[k].T = s.bigint
+		}
 	}
 	return out
 }
@@ -245,7 +283,14 @@ func (s *duckSource) FillChunk(_ any, c duckdb.DataChunk) error {
 				err = duckdb.SetChunkValue(c, k, n, duckOps[row.Op])
 			default:
 				if v, ok := s.r.value(i, col); ok {
-					err = duckdb.SetChunkValue(c, k, n, v)
+					switch s.r.kinds[col] {
+					case duckInt:
+						err = setInt(c, k, n, v)
+					case duckMicros:
+						err = setInt(c, k, n, row.Values[col])
+					default:
+						err = duckdb.SetChunkValue(c, k, n, v)
+					}
 				} else {
 					err = c.SetValue(k, n, nil)
 				}
@@ -256,4 +301,16 @@ func (s *duckSource) FillChunk(_ any, c duckdb.DataChunk) error {
 		}
 	}
 	return c.SetSize(n)
+}
+
+// setInt sets a BIGINT value from its decimal text.
+func setInt(c duckdb.DataChunk, k, n int, text []byte) error {
+	x, ok := codec.ParseInt(text)
+	if !ok {
+		var err error
+		if x, err = strconv.ParseInt(string(text), 10, 64); err != nil {
+			return fmt.Errorf("%s: %w", duckRowsFunc, err)
+		}
+	}
+	return duckdb.SetChunkValue(c, k, n, x)
 }
