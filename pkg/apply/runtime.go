@@ -83,7 +83,7 @@ type Runtime struct {
 	// scratch holds the fields of a batch's row images while prepare
 	// (the poller goroutine only) folds them; the batches it builds copy
 	// the values out, so the next prepare reuses it instead of
-	// allocating (and zeroing) tens of MiB per batch.
+	// allocating tens of MiB per batch.
 	scratch []field
 
 	// For the status page, written by the runtime's goroutines.
@@ -420,7 +420,11 @@ type prepared struct {
 func (r *Runtime) prepare(ctx context.Context, recs []*kgo.Record) (*prepared, error) {
 	w := &prepared{recs: recs, folders: map[string]*folder{}}
 	scratch := r.scratch[:0]
-	defer func() { r.scratch = scratch[:0] }()
+	defer func() {
+		// Let go of this batch's records (the fields point into them).
+		clear(scratch)
+		r.scratch = scratch[:0]
+	}()
 	// Each topic's record count sizes its folder's map: growing a map of
 	// a batch's keys step by step cost more than filling it.
 	counts := map[string]int{}

@@ -2,6 +2,7 @@ package sqlsink
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/base64"
@@ -51,8 +52,10 @@ var _ apply.Sink = (*MySQL)(nil)
 type myTable struct {
 	cols map[string]string
 	// pause counts down the batches still written without direct loads
-	// (see directPause).
-	pause int
+	// (see directPause); warned is set once a load's warnings were
+	// logged.
+	pause  int
+	warned bool
 }
 
 // Statement limits. A statement stays far below max_allowed_packet
@@ -450,10 +453,8 @@ func (m *MySQL) Apply(ctx context.Context, b *apply.TableBatch) error {
 		mt.pause--
 	}
 	if b.Truncate != nil || len(b.Rows) < parallelRows {
-		taken, err := m.writeAll(ctx, tg, b, groups, rows, direct)
-		if taken {
-			mt.pause = directPause
-		}
+		cause, err := m.writeAll(ctx, tg, b, groups, rows, direct)
+		m.fellBack(mt, tg, cause)
 		if err != nil {
 			return m.fail(ctx, tg, err)
 		}
@@ -467,20 +468,16 @@ func (m *MySQL) Apply(ctx context.Context, b *apply.TableBatch) error {
 	// have committed: the retry rewrites nothing it wrote (position
 	// guard).
 	eg, gctx := errgroup.WithContext(ctx)
-	var anyTaken atomic.Bool
-	for _, h := range splitGroups(groups) {
+	var causes [2]error // each half's, read after Wait
+	for k, h := range splitGroups(groups) {
 		eg.Go(func() error {
-			taken, err := m.writeAll(gctx, tg, b, h, rows, direct)
-			if taken {
-				anyTaken.Store(true)
-			}
+			var err error
+			causes[k], err = m.writeAll(gctx, tg, b, h, rows, direct)
 			return err
 		})
 	}
 	err = eg.Wait()
-	if anyTaken.Load() {
-		mt.pause = directPause
-	}
+	m.fellBack(mt, tg, cmp.Or(causes[0], causes[1]))
 	if err != nil {
 		return m.fail(ctx, tg, err)
 	}
@@ -502,18 +499,36 @@ func (m *MySQL) fail(ctx context.Context, tg target, err error) error {
 // straight into the target with LOAD DATA unless direct is false or the
 // server refuses it; if one of their keys has a target row, or the load
 // warned, it writes them all again with INSERT … ON DUPLICATE KEY UPDATE,
-// and reports taken for a taken key.
-func (m *MySQL) writeAll(ctx context.Context, tg target, b *apply.TableBatch, groups []group, rows []myRow, direct bool) (taken bool, err error) {
+// and returns why as cause (errKeyTaken or errLoadWarned).
+func (m *MySQL) writeAll(ctx context.Context, tg target, b *apply.TableBatch, groups []group, rows []myRow, direct bool) (cause, err error) {
 	err = m.write(ctx, tg, b, groups, rows, direct && !m.noLoad.Load())
-	if errors.Is(err, errKeyTaken) || errors.Is(err, errLoadWarned) || errors.Is(err, errLoadRefused) {
-		taken = errors.Is(err, errKeyTaken)
-		if errors.Is(err, errLoadRefused) && !m.noLoad.Swap(true) {
-			m.log.Warn("the target refuses LOAD DATA LOCAL INFILE: creates are written by INSERT … ON DUPLICATE KEY UPDATE from now on; set local_infile=ON on the server for faster loads",
+	switch {
+	case errors.Is(err, errKeyTaken), errors.Is(err, errLoadWarned):
+		cause = err
+	case errors.Is(err, errLoadRefused):
+		if !m.noLoad.Swap(true) {
+			m.log.Warn("the target refuses LOAD DATA LOCAL INFILE: creates are written by INSERT … ON DUPLICATE KEY UPDATE until the sink restarts; set local_infile=ON on the server for faster loads",
 				zap.String("table", tg.my()), zap.Error(err))
 		}
-		err = m.write(ctx, tg, b, groups, rows, false)
+	default:
+		return nil, err
 	}
-	return taken, err
+	return cause, m.write(ctx, tg, b, groups, rows, false)
+}
+
+// fellBack notes that a direct load of mt fell back to INSERT (cause, nil
+// if none did): the table's next batches skip the load (directPause),
+// and the first warning a load of the table raised is logged.
+func (m *MySQL) fellBack(mt *myTable, tg target, cause error) {
+	if cause == nil {
+		return
+	}
+	mt.pause = directPause
+	if errors.Is(cause, errLoadWarned) && !mt.warned {
+		mt.warned = true
+		m.log.Info("LOAD DATA raised warnings: the batch was written by INSERT … ON DUPLICATE KEY UPDATE, as are the table's next batches for a while",
+			zap.String("table", tg.my()), zap.Int("batches", directPause), zap.Error(cause))
+	}
 }
 
 // write applies the rows of groups (and the batch's truncate) in one
@@ -638,7 +653,13 @@ func (m *MySQL) loadFresh(ctx context.Context, tx *sql.Tx, tg target, b *apply.T
 		return fmt.Errorf("%w: %d of %d rows loaded into %s", errKeyTaken, n, len(g.rows), tg.my())
 	}
 	if warnings > 0 {
-		return fmt.Errorf("%w: %d loading into %s", errLoadWarned, warnings, tg.my())
+		// The first one, for the log.
+		var level, msg string
+		var code int
+		if err := tx.QueryRowContext(ctx, "SHOW WARNINGS LIMIT 1").Scan(&level, &code, &msg); err != nil {
+			return fmt.Errorf("load into %s: %w", tg.my(), classifyMy(err))
+		}
+		return fmt.Errorf("%w: %d loading into %s, the first: %s %d %s", errLoadWarned, warnings, tg.my(), level, code, msg)
 	}
 	return nil
 }

@@ -600,11 +600,23 @@ func (e *myEnv) testDirectLoad(t *testing.T) {
 		t.Fatalf("after the replay: pause %d, want %d", p, directPause)
 	}
 	e.expect(t, q, want(texts[0], 10)...)
-	mustApply(t, s, batch(tb, mrow(tb, change.OpCreate, 20, "0", `"newer"`, `"AAkKDVw="`, `"-1.25"`, "1000001")))
+	// A newer create of a taken key, with a new key, unpaused: the load
+	// finds the key taken, and the upsert writes both.
+	s.tables = map[target]*myTable{}
+	loads, inserts = e.status(t, "Com_load"), e.status(t, "Com_insert")
+	mustApply(t, s, batch(tb, mrow(tb, change.OpCreate, 20, "0", `"newer"`, `"AAkKDVw="`, `"-1.25"`, "1000001"),
+		mrow(tb, change.OpCreate, 20, "200", `"new"`, "null", "null", "null")))
+	if l, i := e.status(t, "Com_load")-loads, e.status(t, "Com_insert")-inserts; l != 1 || i != 1 {
+		t.Errorf("a batch with a taken key: %d LOAD DATA and %d INSERT statements, want 1 and 1", l, i)
+	}
+	if p := s.tables[tg].pause; p != directPause {
+		t.Errorf("after a taken key: pause %d, want %d", p, directPause)
+	}
 	got := e.query(t, q)
 	if got[0][1] != fmt.Sprintf("%X", "newer") || got[0][6] != mord(20) {
 		t.Errorf("a newer create of a taken key: %q", got[0])
 	}
+	e.expect(t, "SELECT COUNT(*) FROM "+db+".direct WHERE id = 200 AND s = 'new'", "1")
 
 	// A big batch, on two connections, half of it replayed.
 	rows = rows[:0]
@@ -613,9 +625,31 @@ func (e *myEnv) testDirectLoad(t *testing.T) {
 	}
 	mustApply(t, s, batch(tb, rows[:parallelRows]...))
 	s.tables = map[target]*myTable{} // forget the pause: load directly again
+	loads, inserts = e.status(t, "Com_load"), e.status(t, "Com_insert")
 	mustApply(t, s, batch(tb, rows...))
-	e.expect(t, "SELECT COUNT(*), COUNT(DISTINCT id), MIN(_tideline_position) = MAX(_tideline_position) FROM "+db+".direct WHERE s = 'big'",
-		fmt.Sprintf("%d|%d|1", 2*parallelRows, 2*parallelRows))
+	// Each half loads; the half of taken keys is upserted instead.
+	if l, i := e.status(t, "Com_load")-loads, e.status(t, "Com_insert")-inserts; l != 2 || i < 1 {
+		t.Errorf("a big batch: %d LOAD DATA and %d INSERT statements, want 2 and some", l, i)
+	}
+	if p := s.tables[tg].pause; p != directPause {
+		t.Errorf("after a big batch with taken keys: pause %d, want %d", p, directPause)
+	}
+	e.expect(t, "SELECT COUNT(*), COUNT(DISTINCT id) FROM "+db+".direct WHERE s = 'big'",
+		fmt.Sprintf("%d|%d", 2*parallelRows, 2*parallelRows))
+
+	// A load that warns (MariaDB rounds 1.255 to 1.26 with a note) is
+	// rolled back and upserted, and the table's next batches skip it.
+	rounded := mrow(tb, change.OpCreate, 40, "300", `"r"`, "null", `"1.255"`, "null")
+	loads, inserts = e.status(t, "Com_load"), e.status(t, "Com_insert")
+	s.tables = map[target]*myTable{}
+	mustApply(t, s, batch(tb, rounded))
+	if l, i := e.status(t, "Com_load")-loads, e.status(t, "Com_insert")-inserts; l != 1 || i != 1 {
+		t.Errorf("a load that warns: %d LOAD DATA and %d INSERT statements, want 1 and 1", l, i)
+	}
+	if p := s.tables[tg].pause; p != directPause || !s.tables[tg].warned {
+		t.Errorf("after a load that warned: pause %d (want %d), warned %v", p, directPause, s.tables[tg].warned)
+	}
+	e.expect(t, "SELECT n FROM "+db+".direct WHERE id = 300", "1.26")
 }
 
 // testLoadRefused turns local_infile off on the server: the sink writes
