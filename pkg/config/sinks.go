@@ -90,9 +90,9 @@ func (s *Sink) defaults(pipeline string) {
 	// A lake sink writes a file (an Iceberg snapshot) per batch: bigger
 	// batches, fewer small files. DuckDB pays a large fixed cost per
 	// statement (on an 800,000-row table, an ON CONFLICT update of 2,000
-	// rows took 85 ms, of 10,000 rows 100 ms): bigger batches too. The linger stays well under the
-	// consumer group's rebalance timeout (20 s): a poll holds rebalances
-	// off until its batch is applied.
+	// rows took 85 ms, of 10,000 rows 100 ms): bigger batches too. The
+	// linger stays well under the consumer group's rebalance timeout
+	// (20 s): a poll holds rebalances off until its batch is applied.
 	records, bytes, linger := 10000, ByteSize(16<<20), 200*time.Millisecond
 	switch s.Type {
 	case "duckdb":

@@ -536,3 +536,26 @@ var errNoKey = errors.New("the source table has no primary key (or replica ident
 
 // newer reports whether order a is newer than b.
 func newer(a, b []byte) bool { return bytes.Compare(a, b) > 0 }
+
+// appendTabEscaped appends s escaped for the tab-separated text formats
+// of PostgreSQL's COPY and MySQL's LOAD DATA (ESCAPED BY '\\'), which
+// read the same escapes: a backslash, tab, newline or carriage return is
+// written as a backslash sequence. (NUL needs none in LOAD DATA, and
+// PostgreSQL text cannot hold it.)
+func appendTabEscaped[T string | []byte](dst []byte, s T) []byte {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '\\':
+			dst = append(dst, '\\', '\\')
+		case '\t':
+			dst = append(dst, '\\', 't')
+		case '\n':
+			dst = append(dst, '\\', 'n')
+		case '\r':
+			dst = append(dst, '\\', 'r')
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst
+}

@@ -84,6 +84,18 @@ func dtable(name string, cols ...change.Column) *change.Table {
 	return table("app", "public", "app.public."+name, name, cols...)
 }
 
+// itemsTable is public.items (id int8 key, name text).
+func itemsTable() *change.Table {
+	return dtable("items", key(col("id", change.Int64, "int8")), col("name", change.String, "text"))
+}
+
+// itemsAB is itemsTable and a batch creating rows 1 "a" and 2 "b", at
+// orders 2 and 3.
+func itemsAB() (*change.Table, *apply.TableBatch) {
+	tb := itemsTable()
+	return tb, batch(tb, drow(tb, change.OpCreate, 2, `1`, `"a"`), drow(tb, change.OpCreate, 3, `2`, `"b"`))
+}
+
 // dord is a change's Order.
 func dord(n int) []byte { return []byte(hexOrder(n, 24)) }
 
@@ -219,7 +231,7 @@ func TestDuckDBTimestampKinds(t *testing.T) {
 func TestDuckDBReplay(t *testing.T) {
 	e := newDuckEnv(t)
 	s := e.sink(t, Config{})
-	tb := dtable("items", key(col("id", change.Int64, "int8")), col("name", change.String, "text"))
+	tb := itemsTable()
 	older := batch(tb, drow(tb, change.OpCreate, 1, `1`, `"old"`), drow(tb, change.OpCreate, 2, `2`, `"two"`))
 	newer := batch(tb, drow(tb, change.OpUpdate, 5, `1`, `"new"`), drow(tb, change.OpCreate, 6, `3`, `"three"`))
 	mustApply(t, s, older)
@@ -237,8 +249,7 @@ func TestDuckDBReplay(t *testing.T) {
 func TestDuckDBDelete(t *testing.T) {
 	e := newDuckEnv(t)
 	s := e.sink(t, Config{})
-	tb := dtable("items", key(col("id", change.Int64, "int8")), col("name", change.String, "text"))
-	insert := batch(tb, drow(tb, change.OpCreate, 2, `1`, `"a"`), drow(tb, change.OpCreate, 3, `2`, `"b"`))
+	tb, insert := itemsAB()
 	mustApply(t, s, insert)
 	// A delete carries the before image: here only the key.
 	mustApply(t, s, batch(tb, drow(tb, change.OpDelete, 5, `1`, ``)))
@@ -259,8 +270,7 @@ func TestDuckDBDelete(t *testing.T) {
 func TestDuckDBDeleteKeepOpen(t *testing.T) {
 	e := newDuckEnv(t)
 	s := e.sink(t, Config{KeepOpen: true})
-	tb := dtable("items", key(col("id", change.Int64, "int8")), col("name", change.String, "text"))
-	insert := batch(tb, drow(tb, change.OpCreate, 2, `1`, `"a"`), drow(tb, change.OpCreate, 3, `2`, `"b"`))
+	tb, insert := itemsAB()
 	mustApply(t, s, insert)
 	mustApply(t, s, insert) // no tombstones yet: a replay merges
 	mustApply(t, s, batch(tb, drow(tb, change.OpDelete, 5, `1`, ``)))
@@ -285,8 +295,7 @@ func TestDuckDBDeleteKeepOpen(t *testing.T) {
 func TestDuckDBDeleteBetweenOpens(t *testing.T) {
 	e := newDuckEnv(t)
 	a, b := e.sink(t, Config{}), e.sink(t, Config{})
-	tb := dtable("items", key(col("id", change.Int64, "int8")), col("name", change.String, "text"))
-	insert := batch(tb, drow(tb, change.OpCreate, 2, `1`, `"a"`), drow(tb, change.OpCreate, 3, `2`, `"b"`))
+	tb, insert := itemsAB()
 	mustApply(t, a, insert) // a finds no tombstones
 	mustApply(t, b, batch(tb, drow(tb, change.OpDelete, 5, `1`, ``)))
 	mustApply(t, a, insert) // a replay: row 1 stays deleted
@@ -296,8 +305,7 @@ func TestDuckDBDeleteBetweenOpens(t *testing.T) {
 func TestDuckDBTruncate(t *testing.T) {
 	e := newDuckEnv(t)
 	s := e.sink(t, Config{})
-	tb := dtable("items", key(col("id", change.Int64, "int8")), col("name", change.String, "text"))
-	insert := batch(tb, drow(tb, change.OpCreate, 2, `1`, `"a"`), drow(tb, change.OpCreate, 3, `2`, `"b"`))
+	tb, insert := itemsAB()
 	mustApply(t, s, insert)
 	tr := batch(tb, drow(tb, change.OpCreate, 6, `1`, `"after"`))
 	tr.Truncate = dord(5)
@@ -313,8 +321,7 @@ func TestDuckDBTruncate(t *testing.T) {
 func TestDuckDBSoftDelete(t *testing.T) {
 	e := newDuckEnv(t)
 	s := e.sink(t, Config{SoftDelete: true})
-	tb := dtable("items", key(col("id", change.Int64, "int8")), col("name", change.String, "text"))
-	insert := batch(tb, drow(tb, change.OpCreate, 2, `1`, `"a"`), drow(tb, change.OpCreate, 3, `2`, `"b"`))
+	tb, insert := itemsAB()
 	mustApply(t, s, insert)
 	mustApply(t, s, batch(tb, drow(tb, change.OpDelete, 5, `1`, ``)))
 	q := "SELECT id, name, _tideline_op, _tideline_deleted FROM public.items ORDER BY id"
@@ -356,7 +363,7 @@ func TestDuckDBAbsentValues(t *testing.T) {
 func TestDuckDBLargeBatch(t *testing.T) {
 	e := newDuckEnv(t)
 	s := e.sink(t, Config{})
-	tb := dtable("items", key(col("id", change.Int64, "int8")), col("name", change.String, "text"))
+	tb := itemsTable()
 	const n = 5000 // more than one vector of tideline_rows (2048 rows)
 	var rows []apply.Row
 	for i := range n {
@@ -713,7 +720,7 @@ func TestDuckDBAwkwardText(t *testing.T) {
 func TestDuckDBRowsFunction(t *testing.T) {
 	e := newDuckEnv(t)
 	s := e.sink(t, Config{KeepOpen: true})
-	tb := dtable("items", key(col("id", change.Int64, "int8")), col("name", change.String, "text"))
+	tb := itemsTable()
 	b := batch(tb, drow(tb, change.OpCreate, 1, `1`, `"a"`), drow(tb, change.OpUpdate, 2, `2`, ``), drow(tb, change.OpDelete, 3, `3`, ``))
 	mustApply(t, s, b) // opens the file and registers the function
 	rows, err := renderDuck(target{schema: "public", name: "items"}, b, groupByPresence(b.Rows))

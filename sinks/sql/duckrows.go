@@ -14,7 +14,6 @@ import (
 
 	"github.com/tideline-cdc/tideline/pkg/apply"
 	"github.com/tideline-cdc/tideline/pkg/change"
-	"github.com/tideline-cdc/tideline/pkg/codec"
 )
 
 // A batch reaches DuckDB through a table function of the sink's
@@ -305,12 +304,9 @@ func (s *duckSource) FillChunk(_ any, c duckdb.DataChunk) error {
 
 // setInt sets a BIGINT value from its decimal text.
 func setInt(c duckdb.DataChunk, k, n int, text []byte) error {
-	x, ok := codec.ParseInt(text)
-	if !ok {
-		var err error
-		if x, err = strconv.ParseInt(string(text), 10, 64); err != nil {
-			return fmt.Errorf("%s: %w", duckRowsFunc, err)
-		}
+	x, err := parseInt(text)
+	if err != nil {
+		return fmt.Errorf("%s: %w", duckRowsFunc, err)
 	}
 	return duckdb.SetChunkValue(c, k, n, x)
 }

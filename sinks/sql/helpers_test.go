@@ -3,6 +3,7 @@ package sqlsink
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -91,6 +92,22 @@ func expectRows(t *testing.T, rows [][]string, q string, want ...string) {
 // breaks, COPY's NULL and end markers, an empty string, non-ASCII.
 var awkwardText = []string{`"a,b"`, `"say \"hi\""`, `"back\\slash"`, `"tab\there"`, `"two\nlines"`, `"cr\r\n"`,
 	`"\\N"`, `"\\."`, `""`, `"héllo 😀"`, `"   "`}
+
+// jsonTexts decodes JSON strings, as a test's expected values; first,
+// if not empty, replaces the first of them.
+func jsonTexts(t *testing.T, vals []string, first string) []string {
+	t.Helper()
+	out := make([]string, len(vals))
+	for i, v := range vals {
+		if i == 0 && first != "" {
+			v = first
+		}
+		if err := json.Unmarshal([]byte(v), &out[i]); err != nil {
+			t.Fatalf("%s: %v", v, err)
+		}
+	}
+	return out
+}
 
 func col(name string, l change.Logical, typ string) change.Column {
 	return change.Column{Name: name, Logical: l, Type: typ}

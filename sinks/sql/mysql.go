@@ -23,6 +23,7 @@ import (
 
 	"github.com/tideline-cdc/tideline/pkg/apply"
 	"github.com/tideline-cdc/tideline/pkg/change"
+	"github.com/tideline-cdc/tideline/pkg/codec"
 	"github.com/tideline-cdc/tideline/pkg/config"
 )
 
@@ -43,6 +44,9 @@ type MySQL struct {
 	// noLoad is set once the server refused LOAD DATA LOCAL INFILE
 	// (local_infile is off): creates are then inserted like the rest.
 	noLoad atomic.Bool
+	// warned holds the tables whose load warnings were logged (kept when
+	// a failed batch makes the sink forget the table).
+	warned map[target]bool
 }
 
 var _ apply.Sink = (*MySQL)(nil)
@@ -52,10 +56,8 @@ var _ apply.Sink = (*MySQL)(nil)
 type myTable struct {
 	cols map[string]string
 	// pause counts down the batches still written without direct loads
-	// (see directPause); warned is set once a load's warnings were
-	// logged.
-	pause  int
-	warned bool
+	// (see directPause).
+	pause int
 }
 
 // Statement limits. A statement stays far below max_allowed_packet
@@ -97,7 +99,7 @@ func NewMySQL(ctx context.Context, cfg Config, log *zap.Logger) (*MySQL, error) 
 	// Servers close idle connections after wait_timeout; retire ours first
 	// so a quiet sink does not meet a dead connection on its next batch.
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	return &MySQL{cfg: cfg, db: db, dbName: dc.DBName, log: log, tables: map[target]*myTable{}}, nil
+	return &MySQL{cfg: cfg, db: db, dbName: dc.DBName, log: log, tables: map[target]*myTable{}, warned: map[target]bool{}}, nil
 }
 
 // mysqlConfig turns mysql://user:pass@host:port/db?tls=… into the driver's
@@ -524,8 +526,8 @@ func (m *MySQL) fellBack(mt *myTable, tg target, cause error) {
 		return
 	}
 	mt.pause = directPause
-	if errors.Is(cause, errLoadWarned) && !mt.warned {
-		mt.warned = true
+	if errors.Is(cause, errLoadWarned) && !m.warned[tg] {
+		m.warned[tg] = true
 		m.log.Info("LOAD DATA raised warnings: the batch was written by INSERT … ON DUPLICATE KEY UPDATE, as are the table's next batches for a while",
 			zap.String("table", tg.my()), zap.Int("batches", directPause), zap.Error(cause))
 	}
@@ -628,7 +630,7 @@ func (m *MySQL) loadFresh(ctx context.Context, tx *sql.Tx, tg target, b *apply.T
 		}
 		r := &b.Rows[i]
 		data = append(data, byte(r.Op), '\t')
-		data = appendLoadEscaped(data, r.Order)
+		data = appendTabEscaped(data, r.Order)
 		data = append(data, '\n')
 	}
 	name := "tideline-" + strconv.FormatUint(loadSeq.Add(1), 10)
@@ -645,23 +647,19 @@ func (m *MySQL) loadFresh(ctx context.Context, tx *sql.Tx, tg target, b *apply.T
 		}
 		return fmt.Errorf("load into %s: %w", tg.my(), classifyMy(err))
 	}
-	var warnings int64
-	if err := tx.QueryRowContext(ctx, "SELECT @@warning_count").Scan(&warnings); err != nil {
-		return fmt.Errorf("load into %s: %w", tg.my(), classifyMy(err))
-	}
 	if n, err := res.RowsAffected(); err != nil || n != int64(len(g.rows)) {
 		return fmt.Errorf("%w: %d of %d rows loaded into %s", errKeyTaken, n, len(g.rows), tg.my())
 	}
-	if warnings > 0 {
-		// The first one, for the log.
-		var level, msg string
-		var code int
-		if err := tx.QueryRowContext(ctx, "SHOW WARNINGS LIMIT 1").Scan(&level, &code, &msg); err != nil {
-			return fmt.Errorf("load into %s: %w", tg.my(), classifyMy(err))
-		}
-		return fmt.Errorf("%w: %d loading into %s, the first: %s %d %s", errLoadWarned, warnings, tg.my(), level, code, msg)
+	// The load's first warning, if it raised any (for the log).
+	var level, msg string
+	var code int
+	switch err := tx.QueryRowContext(ctx, "SHOW WARNINGS LIMIT 1").Scan(&level, &code, &msg); {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil
+	case err != nil:
+		return fmt.Errorf("load into %s: %w", tg.my(), classifyMy(err))
 	}
-	return nil
+	return fmt.Errorf("%w: loading into %s, the first: %s %d %s", errLoadWarned, tg.my(), level, code, msg)
 }
 
 // appendLoadValue appends a driver value (see myValue) as a LOAD DATA
@@ -676,34 +674,11 @@ func appendLoadValue(dst []byte, v any) []byte {
 	case uint64:
 		return strconv.AppendUint(dst, v, 10)
 	case string:
-		return appendLoadEscaped(dst, v)
+		return appendTabEscaped(dst, v)
 	case []byte:
 		return hex.AppendEncode(dst, v)
 	}
 	panic(fmt.Sprintf("appendLoadValue: %T", v))
-}
-
-// appendLoadEscaped appends s escaped for LOAD DATA with ESCAPED BY '\\':
-// the escape character, the field and line terminators, a carriage
-// return and NUL become backslash sequences.
-func appendLoadEscaped[T string | []byte](dst []byte, s T) []byte {
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; c {
-		case '\\':
-			dst = append(dst, '\\', '\\')
-		case '\t':
-			dst = append(dst, '\\', 't')
-		case '\n':
-			dst = append(dst, '\\', 'n')
-		case '\r':
-			dst = append(dst, '\\', 'r')
-		case 0:
-			dst = append(dst, '\\', '0')
-		default:
-			dst = append(dst, c)
-		}
-	}
-	return dst
 }
 
 // myValue converts a JSON value of a column with logical type l to what
@@ -715,14 +690,12 @@ func myValue(raw []byte, l change.Logical) (any, error) {
 	case change.Int16, change.Int32, change.Int64, change.Uint64:
 		// Integers are most values: parse them once, here. Anything else
 		// (null, a bad value) is textValue's to render or report.
-		if len(raw) > 0 && (raw[0] == '-' || '0' <= raw[0] && raw[0] <= '9') {
-			if n, err := strconv.ParseInt(string(raw), 10, 64); err == nil {
+		if n, ok := codec.ParseInt(raw); ok {
+			return n, nil
+		}
+		if l == change.Uint64 && len(raw) > 0 && '0' <= raw[0] && raw[0] <= '9' {
+			if n, err := strconv.ParseUint(string(raw), 10, 64); err == nil {
 				return n, nil
-			}
-			if l == change.Uint64 {
-				if n, err := strconv.ParseUint(string(raw), 10, 64); err == nil {
-					return n, nil
-				}
 			}
 		}
 	}

@@ -576,21 +576,12 @@ func (e *myEnv) testDirectLoad(t *testing.T) {
 		t.Fatalf("after the first batch the direct path is paused (%d)", p)
 	}
 	q := "SELECT id, HEX(s), HEX(bin), n, ts, _tideline_op, _tideline_position FROM " + db + ".direct ORDER BY id"
-	want := func(first string, pos int) []string {
-		var out []string
-		for i, v := range texts {
-			if i == 0 {
-				v = first
-			}
-			var text string
-			if err := json.Unmarshal([]byte(v), &text); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, fmt.Sprintf("%d|%X|00090A0D5C|-1.25|1970-01-01 00:00:01.000001|c|%s", i, text, mord(pos)))
-		}
-		return append(out, "100|NULL|NULL|NULL|NULL|r|"+mord(10))
+	var want []string
+	for i, text := range jsonTexts(t, texts, "") {
+		want = append(want, fmt.Sprintf("%d|%X|00090A0D5C|-1.25|1970-01-01 00:00:01.000001|c|%s", i, text, mord(10)))
 	}
-	e.expect(t, q, want(texts[0], 10)...)
+	want = append(want, "100|NULL|NULL|NULL|NULL|r|"+mord(10))
+	e.expect(t, q, want...)
 	e.expect(t, "SELECT COUNT(*) FROM "+db+".direct WHERE s = 'NULL'", "1")
 
 	// Applied again: the load finds the keys taken, nothing changes, and
@@ -599,7 +590,7 @@ func (e *myEnv) testDirectLoad(t *testing.T) {
 	if p := s.tables[tg].pause; p != directPause {
 		t.Fatalf("after the replay: pause %d, want %d", p, directPause)
 	}
-	e.expect(t, q, want(texts[0], 10)...)
+	e.expect(t, q, want...)
 	// A newer create of a taken key, with a new key, unpaused: the load
 	// finds the key taken, and the upsert writes both.
 	s.tables = map[target]*myTable{}
@@ -646,8 +637,8 @@ func (e *myEnv) testDirectLoad(t *testing.T) {
 	if l, i := e.status(t, "Com_load")-loads, e.status(t, "Com_insert")-inserts; l != 1 || i != 1 {
 		t.Errorf("a load that warns: %d LOAD DATA and %d INSERT statements, want 1 and 1", l, i)
 	}
-	if p := s.tables[tg].pause; p != directPause || !s.tables[tg].warned {
-		t.Errorf("after a load that warned: pause %d (want %d), warned %v", p, directPause, s.tables[tg].warned)
+	if p := s.tables[tg].pause; p != directPause || !s.warned[tg] {
+		t.Errorf("after a load that warned: pause %d (want %d), warned %v", p, directPause, s.warned[tg])
 	}
 	e.expect(t, "SELECT n FROM "+db+".direct WHERE id = 300", "1.26")
 }

@@ -374,7 +374,7 @@ func escapeCopyTail(b []byte, off int, scratch []byte) ([]byte, []byte) {
 		return b, scratch
 	}
 	scratch = append(scratch[:0], tail...)
-	return appendCopyEscaped(b[:off], scratch), scratch
+	return appendTabEscaped(b[:off], scratch), scratch
 }
 
 func needsCopyEscape(s []byte) bool {
@@ -384,25 +384,6 @@ func needsCopyEscape(s []byte) bool {
 		}
 	}
 	return false
-}
-
-// appendCopyEscaped appends s escaped for COPY's text format.
-func appendCopyEscaped(dst, s []byte) []byte {
-	for _, c := range s {
-		switch c {
-		case '\\':
-			dst = append(dst, '\\', '\\')
-		case '\t':
-			dst = append(dst, '\\', 't')
-		case '\n':
-			dst = append(dst, '\\', 'n')
-		case '\r':
-			dst = append(dst, '\\', 'r')
-		default:
-			dst = append(dst, c)
-		}
-	}
-	return dst
 }
 
 // appendValue appends row i's value of column j, or \N for NULL.
@@ -598,7 +579,7 @@ func (p *Postgres) copyFresh(ctx context.Context, tx pgx.Tx, tg target, r *pgRen
 			data = r.appendValue(data, i, j)
 			data = append(data, '\t')
 		}
-		data = appendCopyEscaped(data, row.Order)
+		data = appendTabEscaped(data, row.Order)
 		data = append(data, '\t', byte(row.Op))
 		data = append(data, tail...)
 	}
@@ -710,9 +691,9 @@ func (p *Postgres) applyGroup(ctx context.Context, tx pgx.Tx, tg target, r *pgRe
 		} else {
 			ups++
 		}
-		data = appendCopyEscaped(data, row.Key)
+		data = appendTabEscaped(data, row.Key)
 		data = append(data, '\t')
-		data = appendCopyEscaped(data, row.Order)
+		data = appendTabEscaped(data, row.Order)
 		data = append(data, '\t', byte(row.Op))
 		for _, j := range tidx {
 			data = append(data, '\t')
